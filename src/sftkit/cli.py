@@ -1,0 +1,66 @@
+"""The command line: one table of subcommands, each a module with `add_arguments` and `run`.
+
+Command modules keep their top level light (argparse only) and import heavy libraries such as
+torch inside `run`, so `sftkit --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from sftkit import __version__
+from sftkit.errors import SftkitError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    module: str  # has add_arguments(parser) and run(args) -> int
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("prepare", "validate, format, split and summarise an instruction dataset",
+            "sftkit.commands.prepare"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sftkit",
+        description="Supervised instruction fine-tuning of small decoder-only LLMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"sftkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        sub.set_defaults(_module=command.module)
+        _module(command).add_arguments(sub)
+    return parser
+
+
+def _module(command: Command):
+    return importlib.import_module(command.module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except SftkitError as error:
+        print(f"sftkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sftkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
