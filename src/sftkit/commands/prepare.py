@@ -1,0 +1,36 @@
+"""`sftkit prepare`: validate, format, split and summarise an instruction dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="embedded",
+                        help="a JSON/JSONL file, an http(s) URL, or a named source: embedded "
+                             "(default), book-ch07")
+    parser.add_argument("--sha256", help="expected sha256 of the data file (checked)")
+    parser.add_argument("--fields", help="field names of the file, e.g. "
+                                         "instruction=prompt,output=completion")
+    parser.add_argument("--style", default="alpaca", help="prompt style: alpaca, phi3, chatml")
+    parser.add_argument("--tokenizer", default="gpt2", help="tokenizer name (default gpt2)")
+    parser.add_argument("--out", required=True, help="directory for train/val/test.json")
+    parser.add_argument("--train-fraction", type=float, default=0.85)
+    parser.add_argument("--test-fraction", type=float, default=0.10)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="shuffle before splitting (default: keep the file's order)")
+    parser.add_argument("--max-length", type=int, default=1024,
+                        help="allowed_max_length used in training (for the truncation count)")
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sftkit.data.prepare import prepare_dataset
+
+    prepare_dataset(
+        args.data, args.out, style=args.style, tokenizer=args.tokenizer, fields=args.fields,
+        sha256=args.sha256, train_fraction=args.train_fraction,
+        test_fraction=args.test_fraction, seed=args.seed, max_length=args.max_length,
+        batch_size=args.batch_size,
+    )
+    return 0

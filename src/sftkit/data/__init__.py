@@ -1,0 +1,1 @@
+"""The data pipeline: records → prompt style → tokens → batches (see ARCHITECTURE.md)."""

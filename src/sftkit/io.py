@@ -1,0 +1,44 @@
+"""Atomic file writes: a temp file in the same directory, then a rename.
+
+A crash or Ctrl-C never leaves a half-written output behind; readers see the old file or the
+new one.
+
+Example:
+    >>> with atomic_path("out/model.safetensors") as temp:  # doctest: +SKIP
+    ...     save_file(tensors, temp)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int = 4) -> None:
+    """Write `data` as JSON (UTF-8, not ASCII-escaped, trailing newline), atomically."""
+    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
