@@ -151,8 +151,10 @@ def make_loader(
         pad_id=dataset.tokenizer.pad_id, eos_id=dataset.tokenizer.eos_id,
         allowed_max_length=allowed_max_length, mask_prompt=mask_prompt,
     )
+    # A generator of its own: otherwise every iter() draws a seed from the global RNG, and a
+    # resumed run would see other dropout masks than an uninterrupted one.
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers)
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
 
 
 def padding_fraction(

@@ -6,11 +6,12 @@ full training text (the book's `format_input(entry) + "\\n\\n### Response:\\n" +
 
 Example:
     >>> style = get_style("alpaca")
-    >>> print(style.format_prompt({"instruction": "Convert 45 kilometers to meters.", "input": ""}))
-    Below is an instruction that describes a task. Write a response that appropriately completes the request.
-    <BLANKLINE>
+    >>> prompt = style.format_prompt({"instruction": "Convert 45 km to m.", "input": ""})
+    >>> prompt.startswith("Below is an instruction that describes a task.")
+    True
+    >>> print(prompt[prompt.index("###"):])
     ### Instruction:
-    Convert 45 kilometers to meters.
+    Convert 45 km to m.
     <BLANKLINE>
     ### Response:
     <BLANKLINE>

@@ -57,7 +57,8 @@ def _read_raw(path: Path) -> list[Any]:
     except FileNotFoundError:
         raise SftkitError(f"{path}: no such file") from None
     except UnicodeDecodeError as error:
-        raise SftkitError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise SftkitError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
         raise SftkitError(f"{path}: cannot read: {error.strerror}") from None
     stripped = text.lstrip()

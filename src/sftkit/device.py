@@ -1,0 +1,96 @@
+"""Device and precision selection: detect, don't assume.
+
+On CUDA, bf16 autocast is used where the GPU supports it. On a CPU, an AVX-512 BF16 flag does
+not guarantee that PyTorch's bf16 kernels beat fp32 (on some Xeons they are twice slower), so
+`auto` times one transformer-sized matmul both ways (about 0.2 s, once per process) and picks
+bf16 only when it is clearly faster.
+
+Example:
+    >>> device = pick_device("cpu")
+    >>> pick_precision(device, "fp32")
+    'fp32'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+
+import torch
+
+from sftkit.errors import SftkitError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BF16_MIN_SPEEDUP = 1.15
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA, then Apple MPS, then CPU; or any torch device string."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SftkitError(f"unknown device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SftkitError("device cuda requested, but torch sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SftkitError("device mps requested, but this torch has no Apple MPS support")
+    return device
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup(size: int = 1024, repeats: int = 6) -> float:
+    """Measured fp32 time / bf16-autocast time of a (size x size) @ (size x size) linear."""
+    x = torch.randn(size, size)
+    w = torch.randn(size, size)
+
+    def seconds(autocast: bool) -> float:
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast \
+            else contextlib.nullcontext()
+        with context:
+            torch.nn.functional.linear(x, w)  # warm-up (kernel selection, packing)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                torch.nn.functional.linear(x, w)
+            return time.perf_counter() - start
+
+    try:
+        return seconds(False) / seconds(True)
+    except RuntimeError:
+        return 0.0  # no bf16 kernels at all
+
+
+def pick_precision(device: torch.device, requested: str = "auto") -> str:
+    """`fp32`, `bf16` or `fp16`: the requested one, or for `auto` the fastest that is safe."""
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise SftkitError(f"unknown precision {requested!r}; known: auto, {', '.join(DTYPES)}")
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for a precision (weights stay fp32; matmuls run in low precision)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def describe(device: torch.device, precision: str) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        name = f"CPU, {torch.get_num_threads()} threads"
+    else:
+        name = device.type
+    return f"{device} ({name}), {precision}"
