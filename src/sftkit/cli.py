@@ -25,6 +25,16 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("prepare", "validate, format, split and summarise an instruction dataset",
             "sftkit.commands.prepare"),
+    Command("train", "fine-tune a model on a prepared dataset (resumable)",
+            "sftkit.commands.train"),
+    Command("chat", "chat with a model in the terminal (streams tokens)",
+            "sftkit.commands.chat"),
+    Command("run", "the whole pipeline: prepare, baseline, train, generate, evaluate",
+            "sftkit.commands.run"),
+    Command("models", "list the model presets and whether their weights are available offline",
+            "sftkit.commands.models"),
+    Command("generate", "answer a prompt, or every entry of a file (the book's responses format)",
+            "sftkit.commands.generate"),
 )
 
 

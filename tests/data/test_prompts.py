@@ -58,3 +58,35 @@ def test_extract_response_runaway_alpaca():
 def test_unknown_style():
     with pytest.raises(SftkitError, match="known: alpaca, chatml, phi3"):
         get_style("vicuna")
+
+
+@pytest.mark.parametrize("name", ["alpaca", "phi3", "chatml"])
+def test_single_turn_conversation_is_the_prompt(name):
+    style = get_style(name)
+    messages = [{"role": "user", "content": "Convert 45 kilometers to meters."}]
+    assert style.format_conversation(messages) == style.format_prompt(NO_INPUT)
+
+
+def test_multi_turn_conversations():
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Bye"}]
+    assert get_style("chatml").format_conversation(messages) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert get_style("phi3").format_conversation(messages) == (
+        "<|user|>\nHi\n<|assistant|>:\nHello.\n<|user|>\nBye\n<|assistant|>:\n")
+    alpaca = get_style("alpaca").format_conversation(messages)
+    assert alpaca.endswith("### Instruction:\nHi\n\n### Response:\nHello.\n\n### Instruction:\n"
+                           "Bye\n\n### Response:\n")
+    assert alpaca.count("Below is an instruction") == 1
+
+
+@pytest.mark.parametrize("messages", [[], [{"role": "assistant", "content": "x"}],
+                                      [{"role": "user", "content": "a"},
+                                       {"role": "assistant", "content": "b"}],
+                                      [{"role": "user", "content": 5}]])
+def test_bad_conversations(messages):
+    with pytest.raises(SftkitError):
+        get_style("chatml").format_conversation(messages)

@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from sftkit.errors import SftkitError
@@ -41,9 +41,22 @@ class PromptStyle:
     response_marker: ClassVar[str]
     #: Strings that end an answer when the model runs past its end-of-text token.
     stop_strings: ClassVar[tuple[str, ...]]
+    #: What follows an assistant turn before the next user turn, in a conversation.
+    turn_separator: ClassVar[str] = "\n"
 
-    def format_prompt(self, record: Mapping[str, Any]) -> str:
+    def format_prompt(self, record: Mapping[str, Any], previous: str = "") -> str:
+        """The prompt for `record`; `previous` is the conversation so far, if any."""
         raise NotImplementedError
+
+    def format_conversation(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """A chat (`[{"role": "user"|"assistant"|"system", "content": ...}, ...]`, ending with
+        a user turn) as one prompt; a single user turn equals `format_prompt` of it."""
+        turns = _checked_turns(messages)
+        text = ""
+        for user, assistant in turns[:-1]:
+            text = self.format_prompt({"instruction": user, "input": ""}, previous=text) \
+                + assistant + self.turn_separator
+        return self.format_prompt({"instruction": turns[-1][0], "input": ""}, previous=text)
 
     def format_example(self, record: Mapping[str, Any]) -> str:
         """The full training text: prompt, then the reference output."""
@@ -73,9 +86,10 @@ class Alpaca(PromptStyle):
     name = "alpaca"
     response_marker = "\n\n### Response:\n"
     stop_strings = ("\n\n### Instruction:", "\n\n### Input:", "\n\n### Response:")
+    turn_separator = ""
 
-    def format_prompt(self, record: Mapping[str, Any]) -> str:
-        text = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{record['instruction']}"
+    def format_prompt(self, record: Mapping[str, Any], previous: str = "") -> str:
+        text = (previous or ALPACA_PREAMBLE) + f"\n\n### Instruction:\n{record['instruction']}"
         if record.get("input"):
             text += f"\n\n### Input:\n{record['input']}"
         return text + self.response_marker
@@ -88,8 +102,8 @@ class Phi3(PromptStyle):
     response_marker = "\n<|assistant|>:\n"
     stop_strings = ("<|user|>", "<|end|>", "\n<|assistant|>")
 
-    def format_prompt(self, record: Mapping[str, Any]) -> str:
-        text = f"<|user|>\n{record['instruction']}"
+    def format_prompt(self, record: Mapping[str, Any], previous: str = "") -> str:
+        text = f"{previous}<|user|>\n{record['instruction']}"
         if record.get("input"):
             text += f"\n{record['input']}"
         return text + self.response_marker
@@ -101,12 +115,40 @@ class ChatML(PromptStyle):
     name = "chatml"
     response_marker = "<|im_end|>\n<|im_start|>assistant\n"
     stop_strings = ("<|im_end|>", "<|im_start|>")
+    turn_separator = "<|im_end|>\n"
 
-    def format_prompt(self, record: Mapping[str, Any]) -> str:
-        text = f"<|im_start|>user\n{record['instruction']}"
+    def format_conversation(self, messages: Sequence[Mapping[str, str]]) -> str:
+        system = "".join(f"<|im_start|>system\n{m['content']}<|im_end|>\n"
+                         for m in messages if m.get("role") == "system")
+        return system + super().format_conversation(messages)
+
+    def format_prompt(self, record: Mapping[str, Any], previous: str = "") -> str:
+        text = f"{previous}<|im_start|>user\n{record['instruction']}"
         if record.get("input"):
             text += f"\n\n{record['input']}"
         return text + self.response_marker
+
+
+def _checked_turns(messages: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
+    """(user, assistant) pairs; the last pair's assistant part is empty. System messages are
+    skipped here (the styles that have a system turn add it themselves)."""
+    turns: list[tuple[str, str]] = []
+    expected = "user"
+    for index, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role == "system":
+            continue
+        if role != expected or not isinstance(content, str):
+            raise SftkitError(f"message {index}: expected a {expected} message with string "
+                              f"content, got role {role!r}")
+        if role == "user":
+            turns.append((content, ""))
+        else:
+            turns[-1] = (turns[-1][0], content)
+        expected = "assistant" if role == "user" else "user"
+    if expected != "assistant":
+        raise SftkitError("a conversation must end with a user message")
+    return turns
 
 
 STYLES: dict[str, type[PromptStyle]] = {style.name: style for style in (Alpaca, Phi3, ChatML)}

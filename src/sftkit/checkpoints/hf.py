@@ -1,0 +1,237 @@
+"""Hugging Face checkpoints: `config.json` + `model.safetensors` (or shards) in a directory.
+
+`config_from_hf` and `model_from_hf_state_dict` are the one path every HF-named state dict
+takes — a Hub download, a local directory, or the tensors a GGUF file holds.
+
+Example:
+    >>> config = config_from_hf({"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024,
+    ...                          "n_embd": 768, "n_layer": 12, "n_head": 12})
+    >>> config.family, config.head_dim
+    ('gpt2', 64)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftkit.checkpoints.keymaps import HF_KEYMAPS
+from sftkit.checkpoints.weights import model_from_state_dict
+from sftkit.errors import SftkitError
+from sftkit.models import Model, ModelConfig
+from sftkit.tokenizer import Tokenizer, gpt2_tokenizer
+
+GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def config_from_hf(hf_config: dict[str, Any], *, name: str = "") -> ModelConfig:
+    """Our `ModelConfig` from a HF `config.json` of GPT-2 or a Llama-architecture model.
+
+    Anything our models do not implement (RoPE scaling, biases in the MLP, ...) is an error
+    rather than a silently different model.
+    """
+    model_type = hf_config.get("model_type")
+    try:
+        if model_type == "gpt2":
+            return _gpt2_config(hf_config, name)
+        if model_type == "llama":
+            return _llama_config(hf_config, name)
+    except KeyError as error:
+        raise SftkitError(f"{name or 'config.json'}: missing field {error} for a "
+                          f"{model_type} model") from None
+    raise SftkitError(f"{name or 'config.json'}: model_type {model_type!r} is not supported; "
+                      "sftkit loads 'gpt2' and 'llama' architectures")
+
+
+def _gpt2_config(hf: dict[str, Any], name: str) -> ModelConfig:
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in GPT2_ACTIVATIONS:
+        raise SftkitError(f"{name or 'config.json'}: GPT-2 activation {activation!r} is not "
+                          f"supported (only the tanh GELU: {', '.join(GPT2_ACTIVATIONS)})")
+    return ModelConfig(
+        family="gpt2", vocab_size=hf["vocab_size"], context_length=hf["n_positions"],
+        emb_dim=hf["n_embd"], n_layers=hf["n_layer"], n_heads=hf["n_head"],
+        hidden_dim=hf.get("n_inner") or 4 * hf["n_embd"], qkv_bias=True,
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), name=name, tokenizer="gpt2",
+        prompt_style="alpaca",
+    )
+
+
+def _llama_config(hf: dict[str, Any], name: str) -> ModelConfig:
+    where = name or "config.json"
+    rope = hf.get("rope_parameters") or {}  # transformers >= 5 nests RoPE settings here
+    scaling = hf.get("rope_scaling") or rope
+    if scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        raise SftkitError(f"{where}: RoPE scaling {scaling!r} is not supported")
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag):
+            raise SftkitError(f"{where}: {flag}=true is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise SftkitError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported")
+    heads, emb = hf["num_attention_heads"], hf["hidden_size"]
+    head_dim = hf.get("head_dim") or emb // heads
+    if head_dim * heads != emb:
+        raise SftkitError(f"{where}: head_dim {head_dim} x {heads} heads != hidden_size {emb}")
+    return ModelConfig(
+        family="llama", vocab_size=hf["vocab_size"],
+        context_length=hf["max_position_embeddings"], emb_dim=emb,
+        n_layers=hf["num_hidden_layers"], n_heads=heads,
+        n_kv_heads=hf.get("num_key_value_heads") or heads,
+        hidden_dim=hf["intermediate_size"], qkv_bias=False,
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), name=name,
+        tokenizer="hf", prompt_style="alpaca",
+    )
+
+
+def model_from_hf_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tensor], *,
+                             source: str = "Hugging Face state dict",
+                             dtype: torch.dtype | str | None = None) -> Model:
+    """Our model from HF-named tensors (every tensor shape-checked).
+
+    Example:
+        >>> model = model_from_hf_state_dict(config, read_hf_state_dict(path))  # doctest: +SKIP
+    """
+    # GPT2LMHeadModel.save_pretrained prefixes names with "transformer."; the Hub's own GPT-2
+    # files (saved from GPT2Model) do not. Both are the same layout.
+    if config.family == "gpt2":
+        state_dict = {key.removeprefix("transformer."): t for key, t in state_dict.items()}
+    if config.tie_embeddings and config.family == "llama":
+        # Some tied checkpoints store the head anyway; it must equal the embedding.
+        state_dict = {key: t for key, t in state_dict.items() if key != "lm_head.weight"}
+    return model_from_state_dict(config, state_dict, source=source,
+                                 keymap=HF_KEYMAPS[config.family], dtype=dtype)
+
+
+def read_hf_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a HF checkpoint directory: safetensors (single or sharded) preferred,
+    `pytorch_model.bin` read with `weights_only=True` (no code runs)."""
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return _load_safetensors(single)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        return _read_shards(index, _load_safetensors)
+    bin_file = directory / "pytorch_model.bin"
+    if bin_file.is_file():
+        return _torch_load(bin_file)
+    bin_index = directory / "pytorch_model.bin.index.json"
+    if bin_index.is_file():
+        return _read_shards(bin_index, _torch_load)
+    raise SftkitError(f"{directory}: no model.safetensors, model.safetensors.index.json or "
+                      "pytorch_model.bin in this directory")
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as error:
+        raise SftkitError(f"{path}: cannot read ({error})") from None
+
+
+def _read_shards(index: Path, read) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError) as error:
+        raise SftkitError(f"{index}: not a valid shard index ({error})") from None
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / shard
+        if not path.is_file():
+            raise SftkitError(f"{index}: shard {shard} is missing")
+        tensors.update(read(path))
+    return tensors
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refuses anything but tensors and containers
+        raise SftkitError(f"{path}: cannot be read as plain tensors ({error})") from None
+
+
+def read_hf_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SftkitError(f"{path}: cannot read ({error})") from None
+    except ValueError as error:
+        raise SftkitError(f"{path}: not valid JSON ({error})") from None
+
+
+def hf_tokenizer_from_directory(directory: Path, config: ModelConfig) -> Tokenizer:
+    """GPT-2's BPE for GPT-2 models; otherwise the directory's `tokenizer.json`."""
+    if config.tokenizer == "gpt2":
+        return gpt2_tokenizer()
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise SftkitError(f"{directory}: no tokenizer.json for this {config.family} model")
+    from sftkit.tokenizer import HFTokenizer
+
+    side_files = ("tokenizer_config.json", "special_tokens_map.json")
+    if any((directory / name).is_file() for name in side_files):
+        return HFTokenizer.from_file(path, name=config.name or directory.name)
+    # No side files (e.g. a bare save_pretrained): the eos id is in the model's own config.
+    from tokenizers import Tokenizer as BackendTokenizer
+
+    eos_id, pad_id = _special_ids(directory)
+    if eos_id is None:
+        raise SftkitError(f"{directory}: no eos token in tokenizer_config.json, "
+                          "special_tokens_map.json, generation_config.json or config.json")
+    return HFTokenizer(BackendTokenizer.from_file(str(path)), name=directory.name,
+                       eos_id=eos_id, pad_id=pad_id)
+
+
+def _special_ids(directory: Path) -> tuple[int | None, int | None]:
+    """eos and pad ids from `generation_config.json` or `config.json` (first found wins)."""
+    eos = pad = None
+    for name in ("generation_config.json", "config.json"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if eos is None:
+            eos = data.get("eos_token_id")
+            if isinstance(eos, list):
+                eos = eos[0] if eos else None
+        if pad is None:
+            pad = data.get("pad_token_id")
+    return eos, pad
+
+
+def with_preset(config: ModelConfig, preset: ModelConfig, source: str) -> ModelConfig:
+    """`preset` (with its provenance and prompt style) once `config` is proven to match it."""
+    ours, theirs = preset.architecture(), config.architecture()
+    differing = [f"{name}: preset {ours[name]!r}, file {theirs[name]!r}" for name in ours
+                 if not _same(ours[name], theirs[name])]
+    if differing:
+        raise SftkitError(f"{source}: does not match preset {preset.name}: "
+                          + "; ".join(differing))
+    return preset.replace()  # a copy: the shared preset must never be mutated through a model
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Norm epsilons pass through float32 in some formats (GGUF): 1e-5 comes back 9.99e-6.
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+    return a == b
+
+
+def load_hf_directory(directory: Path, *, dtype: torch.dtype | str | None = None,
+                      preset: ModelConfig | None = None) -> tuple[Model, Tokenizer]:
+    """Model and tokenizer from a HF-layout directory (a Hub snapshot or a local copy)."""
+    config = config_from_hf(read_hf_config(directory), name=str(directory))
+    if preset is not None:
+        config = with_preset(config, preset, str(directory))
+    model = model_from_hf_state_dict(config, read_hf_state_dict(directory),
+                                     source=str(directory), dtype=dtype)
+    return model, hf_tokenizer_from_directory(directory, config)

@@ -1,0 +1,138 @@
+"""Our own checkpoint: a directory with `model.safetensors`, `config.json` and the tokenizer.
+
+`config.json` holds `{"format": "sftkit", "format_version": 1, "model": <ModelConfig fields>,
+"tokenizer": {"kind": "gpt2"} | {"kind": "hf", "file": "tokenizer.json", ...}}`. Loading reads
+JSON and safetensors only, so it never executes code. Saving builds the directory beside its
+destination and renames it into place, so readers never see a half-written model.
+
+Example:
+    >>> save_native(model, tokenizer, "runs/demo/model")  # doctest: +SKIP
+    >>> model, tokenizer = load_native("runs/demo/model")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftkit.checkpoints.weights import model_from_state_dict, saved_state_dict
+from sftkit.errors import SftkitError
+from sftkit.models import Model, ModelConfig
+from sftkit.tokenizer import HFTokenizer, TiktokenTokenizer, Tokenizer, gpt2_tokenizer
+
+FORMAT = "sftkit"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def is_native_directory(path: str | Path) -> bool:
+    """Whether `path` is a directory written by `save_native`."""
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save_native(model: Model, tokenizer: Tokenizer, directory: str | Path) -> Path:
+    """Write `model` and `tokenizer` to `directory` (replaced atomically if it exists)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp",
+                                    dir=directory.parent))
+    try:
+        tensors = {name: t.contiguous() for name, t in saved_state_dict(model).items()}
+        save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        spec = _tokenizer_spec(tokenizer, staging)
+        document = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                    "model": model.config.to_dict(), "tokenizer": spec}
+        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n",
+                                           encoding="utf-8")
+        _swap_into_place(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _swap_into_place(staging: Path, directory: Path) -> None:
+    # A directory cannot be replaced over a non-empty one in one rename, so the old copy is
+    # moved aside first; at every moment the destination is either the old or the new model.
+    if not directory.exists():
+        os.replace(staging, directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old",
+                                dir=directory.parent))
+    os.replace(directory, old / directory.name)
+    os.replace(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _tokenizer_spec(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
+    if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.name == "gpt2":
+        return {"kind": "gpt2"}
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.backend.save(str(directory / TOKENIZER_FILE))
+        return {"kind": "hf", "file": TOKENIZER_FILE, "name": tokenizer.name,
+                "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
+                "vocab_size": tokenizer.vocab_size}
+    raise SftkitError(f"cannot save tokenizer {tokenizer!r}: only GPT-2's BPE and Hugging Face "
+                      "tokenizers can be stored with a model")
+
+
+def load_native(directory: str | Path, *,
+                dtype: torch.dtype | str | None = None) -> tuple[Model, Tokenizer]:
+    """Model and tokenizer from a directory written by `save_native`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    try:
+        document = json.loads(config_path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SftkitError(f"{config_path}: cannot read ({error})") from None
+    except ValueError as error:
+        raise SftkitError(f"{config_path}: not valid JSON ({error})") from None
+    if document.get("format") != FORMAT:
+        raise SftkitError(f"{config_path}: not an sftkit model (no \"format\": \"{FORMAT}\")")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise SftkitError(f"{config_path}: format_version {document.get('format_version')!r} "
+                          f"is not supported (this sftkit reads {FORMAT_VERSION})")
+    config = ModelConfig.from_dict(document.get("model") or {}, source=str(config_path))
+    weights_path = directory / WEIGHTS_FILE
+    try:
+        state = load_file(weights_path)
+    except (OSError, SafetensorError) as error:
+        raise SftkitError(f"{weights_path}: cannot read ({error})") from None
+    model = model_from_state_dict(config, state, source=str(weights_path), dtype=dtype)
+    return model, _load_tokenizer(document.get("tokenizer") or {}, directory, config_path)
+
+
+def _load_tokenizer(spec: dict[str, Any], directory: Path, config_path: Path) -> Tokenizer:
+    kind = spec.get("kind")
+    if kind == "gpt2":
+        return gpt2_tokenizer()
+    if kind == "hf":
+        from tokenizers import Tokenizer as BackendTokenizer
+
+        path = directory / spec.get("file", TOKENIZER_FILE)
+        try:
+            backend = BackendTokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception on bad files
+            raise SftkitError(f"{path}: cannot load the tokenizer ({error})") from None
+        return HFTokenizer(backend, name=spec.get("name", directory.name),
+                           eos_id=spec["eos_id"], pad_id=spec.get("pad_id"),
+                           vocab_size=spec.get("vocab_size"))
+    raise SftkitError(f"{config_path}: unknown tokenizer kind {kind!r} (expected gpt2 or hf)")

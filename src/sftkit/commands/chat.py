@@ -1,0 +1,61 @@
+"""`sftkit chat`: an interactive terminal chat that streams the model's answer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "commands: /reset forgets the conversation, /bye (or Ctrl-D) quits"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="a run's model/ directory, a preset, a .gguf, a Hub id, ...")
+    parser.add_argument("--style", help="prompt style (default: the model's own)")
+    parser.add_argument("--system", help="a system message (styles that have one)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sftkit.checkpoints import load_pretrained
+    from sftkit.data.prompts import get_style
+    from sftkit.generation import GenerationConfig, TextStreamer, stream
+
+    loaded = load_pretrained(args.model)
+    style = get_style(args.style or loaded.config.prompt_style)
+    tokenizer = loaded.tokenizer
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              stop_ids=(tokenizer.eos_id,), stop_strings=style.stop_strings)
+    opening = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(opening)
+    print(f"{loaded.source}, {style.name} prompts. {HELP}", file=sys.stderr)
+    while True:
+        try:
+            user = input(">>> ")
+        except EOFError:
+            print()
+            return 0
+        command = user.strip()
+        if command in ("/bye", "/exit", "/quit"):
+            return 0
+        if command == "/reset":
+            messages = list(opening)
+            continue
+        if not command:
+            continue
+        messages.append({"role": "user", "content": user})
+        ids = tokenizer.encode(style.format_conversation(messages))
+        # Forget the oldest turns when the conversation outgrows the context.
+        while len(ids) + 16 > loaded.config.context_length and len(messages) > 2:
+            messages = opening + messages[len(opening) + 2:]
+            ids = tokenizer.encode(style.format_conversation(messages))
+        streamer = TextStreamer(tokenizer.decode, style.stop_strings)
+        for token in stream(loaded.model, ids, config, decode=tokenizer.decode):
+            print(streamer.feed(token), end="", flush=True)
+        print(streamer.flush(), flush=True)
+        messages.append({"role": "assistant", "content": streamer.text.strip()})

@@ -1,0 +1,19 @@
+"""`sftkit run`: the whole pipeline, resumable stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a TOML run config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
+                        help="config overrides, e.g. train.epochs=1 model.name=gpt2")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sftkit.config import RunConfig
+    from sftkit.pipeline import run_pipeline
+
+    run_pipeline(RunConfig.load(args.config, args.overrides))
+    return 0

@@ -1,0 +1,22 @@
+"""`sftkit train`: prepare the data (if needed) and fine-tune, into `runs/<name>/`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a TOML run config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
+                        help="config overrides, e.g. train.lr=1e-4 train.mask_prompt=true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sftkit.config import RunConfig
+    from sftkit.pipeline import RunContext, check_config, stage_prepare, stage_train
+
+    context = RunContext(RunConfig.load(args.config, args.overrides))
+    check_config(context)
+    stage_prepare(context)
+    stage_train(context)
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation: objective metrics against reference answers, and (later) an LLM judge."""

@@ -1,0 +1,278 @@
+"""Text generation: batched, with a KV cache, greedy or sampled, stopping at end-of-text or the
+prompt style's stop strings.
+
+Prompts of different lengths share a batch by left padding: each row's positions start at its
+own first real token and padded key slots are masked, so a prompt's output does not depend on
+what it is batched with. Finished rows leave the batch (and the cache) at once.
+
+Example:
+    >>> from sftkit.checkpoints import load_pretrained  # doctest: +SKIP
+    >>> loaded = load_pretrained("smollm2-135m-instruct")  # doctest: +SKIP
+    >>> ids = loaded.tokenizer.encode("The capital of France is")  # doctest: +SKIP
+    >>> out = generate(loaded.model, [ids], GenerationConfig(max_new_tokens=5,  # doctest: +SKIP
+    ...                stop_ids=(loaded.tokenizer.eos_id,)))
+    >>> loaded.tokenizer.decode(out[0])  # doctest: +SKIP
+    ' Paris.'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sftkit.errors import SftkitError
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    """0 = greedy (argmax)."""
+    top_k: int = 0
+    """Sample only among the k most likely tokens (0 = all)."""
+    top_p: float = 1.0
+    """Sample only among the most likely tokens whose probabilities sum to top_p."""
+    stop_ids: tuple[int, ...] = ()
+    """Token ids that end a sequence (not included in the output)."""
+    stop_strings: tuple[str, ...] = ()
+    """Strings that end a sequence (the output is cut before them by the caller)."""
+    seed: int | None = None
+    batch_size: int = 16
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
+                top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token (B,) for each row of `logits` (B, V).
+
+    >>> sample_next(torch.tensor([[0.1, 2.0, 0.3]])).tolist()
+    [1]
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens before it already reach top_p (the first always stays).
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_prompts(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                   config: GenerationConfig) -> int:
+    """The number of new tokens that fits the context after the longest prompt."""
+    if not prompts or any(len(prompt) == 0 for prompt in prompts):
+        raise SftkitError("generation needs at least one non-empty prompt")
+    context = model.config.context_length
+    longest = max(len(prompt) for prompt in prompts)
+    if longest >= context:
+        raise SftkitError(f"a prompt has {longest} tokens; the model's context holds {context}, "
+                          "so nothing can be generated after it")
+    return min(config.max_new_tokens, context - longest)
+
+
+def _stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                  config: GenerationConfig, generator: torch.Generator | None,
+                  stop_check: Callable[[int, list[int]], bool] | None
+                  ) -> Iterator[tuple[int, int | None]]:
+    """Yield (row, token) as tokens are generated, and (row, None) when a row finishes."""
+    device = next(model.parameters()).device
+    max_new = _check_prompts(model, prompts, config)
+    width = max(len(prompt) for prompt in prompts)
+    pad_lengths = torch.tensor([width - len(prompt) for prompt in prompts], device=device)
+    idx = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
+    cache = model.make_kv_cache(len(prompts), width + max_new, device=device)
+    logits = model(idx, kv_cache=cache, input_pos=0, pad_lengths=pad_lengths)[:, -1]
+    rows = list(range(len(prompts)))  # original row of each live cache row
+    outputs: list[list[int]] = [[] for _ in prompts]
+    stop_ids = set(config.stop_ids)
+    for step in range(max_new):
+        tokens = sample_next(logits, config.temperature, config.top_k, config.top_p,
+                             generator).tolist()
+        keep = []
+        for live, (row, token) in enumerate(zip(rows, tokens)):
+            if token in stop_ids:
+                yield row, None
+                continue
+            outputs[row].append(token)
+            yield row, token
+            if stop_check is not None and stop_check(row, outputs[row]):
+                yield row, None
+                continue
+            keep.append(live)
+        if not keep or step == max_new - 1:
+            for live in keep:
+                yield rows[live], None
+            return
+        if len(keep) < len(rows):
+            selected = torch.tensor(keep, device=device)
+            cache.select_rows(selected)
+            pad_lengths = pad_lengths[selected]
+            rows = [rows[live] for live in keep]
+            tokens = [tokens[live] for live in keep]
+        next_idx = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
+        logits = model(next_idx, kv_cache=cache, input_pos=width + step,
+                       pad_lengths=pad_lengths)[:, -1]
+
+
+@torch.inference_mode()
+def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+             config: GenerationConfig = GenerationConfig(),
+             decode: Callable[[Sequence[int]], str] | None = None,
+             progress: Callable[[int], None] | None = None) -> list[list[int]]:
+    """New token ids for every prompt (stop token excluded), in the prompts' order.
+
+    Prompts are batched `config.batch_size` at a time, longest first (less padding).
+    `decode` is needed for `config.stop_strings`; `progress(n)` is called as n prompts finish.
+    """
+    was_training = model.training
+    model.eval()
+    generator = None
+    if config.seed is not None:
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    stop_check = _stop_string_check(config.stop_strings, decode)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: list[list[int]] = [[] for _ in prompts]
+    try:
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            for row, token in _stream_batch(model, [prompts[i] for i in batch], config,
+                                             generator, stop_check):
+                if token is None:
+                    if progress is not None:
+                        progress(1)
+                else:
+                    results[batch[row]].append(token)
+    finally:
+        model.train(was_training)
+    return results
+
+
+@torch.inference_mode()
+def stream(model: torch.nn.Module, prompt: Sequence[int],
+           config: GenerationConfig = GenerationConfig(),
+           decode: Callable[[Sequence[int]], str] | None = None) -> Iterator[int]:
+    """Yield the new tokens of one prompt as they are generated (for chat and serving)."""
+    was_training = model.training
+    model.eval()
+    generator = None
+    if config.seed is not None:
+        generator = torch.Generator(device=next(model.parameters()).device)
+        generator.manual_seed(config.seed)
+    try:
+        for _, token in _stream_batch(model, [prompt], config, generator,
+                                      _stop_string_check(config.stop_strings, decode)):
+            if token is not None:
+                yield token
+    finally:
+        model.train(was_training)
+
+
+def _stop_string_check(stop_strings: Sequence[str],
+                       decode: Callable[[Sequence[int]], str] | None
+                       ) -> Callable[[int, list[int]], bool] | None:
+    if not stop_strings:
+        return None
+    if decode is None:
+        raise SftkitError("stop strings need a decode function")
+    longest = max(len(stop) for stop in stop_strings)
+
+    def stopped(row: int, tokens: list[int]) -> bool:
+        # A stop string spans at most `longest` tokens; decode only that tail.
+        tail = decode(tokens[-(longest + 1):])
+        return any(stop in tail for stop in stop_strings)
+
+    return stopped
+
+
+def generate_responses(model: torch.nn.Module, tokenizer: Any, style: Any,
+                       entries: Sequence[Mapping[str, Any]], config: GenerationConfig,
+                       progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Each entry with a `model_response`: the answer cut out of the generated text by the
+    prompt style (no prompt echo, no response marker) — the book's responses file format."""
+    prompts = [style.format_prompt(entry) for entry in entries]
+    config = GenerationConfig(**{
+        **config.__dict__,
+        "stop_ids": tuple(dict.fromkeys((*config.stop_ids, tokenizer.eos_id))),
+        "stop_strings": tuple(dict.fromkeys((*config.stop_strings, *style.stop_strings))),
+    })
+    outputs = generate(model, [tokenizer.encode(prompt) for prompt in prompts], config,
+                       decode=tokenizer.decode, progress=progress)
+    return [
+        {**entry, "model_response": style.extract_response(prompt + tokenizer.decode(ids),
+                                                           prompt)}
+        for entry, prompt, ids in zip(entries, prompts, outputs)
+    ]
+
+
+class TextStreamer:
+    """Turns generated tokens into printable text increments: holds back incomplete UTF-8
+    characters and anything that may be the start of a stop string, and ends at a stop string.
+
+    >>> from sftkit.tokenizer import gpt2_tokenizer
+    >>> tok = gpt2_tokenizer()
+    >>> streamer = TextStreamer(tok.decode, stop_strings=("###",))
+    >>> "".join(streamer.feed(t) for t in tok.encode("Hi there ### more"))
+    'Hi there '
+    >>> streamer.stopped
+    True
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str],
+                 stop_strings: Sequence[str] = ()):
+        self.decode = decode
+        self.stop_strings = tuple(stop_strings)
+        self.tokens: list[int] = []
+        self.emitted = ""
+        self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """Everything shown so far (the final answer once generation ends)."""
+        return self.emitted
+
+    def feed(self, token: int) -> str:
+        """The new text to show after `token` ("" while held back or after a stop)."""
+        if self.stopped:
+            return ""
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        cuts = [text.find(stop) for stop in self.stop_strings if stop in text]
+        if cuts:
+            self.stopped = True
+            return self._emit(text[: min(cuts)])
+        safe = len(text)
+        if text.endswith("\ufffd"):
+            safe = len(text.rstrip("\ufffd"))
+        for stop in self.stop_strings:
+            # Hold back a suffix that could still grow into this stop string.
+            for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:size]):
+                    safe = min(safe, len(text) - size)
+                    break
+        return self._emit(text[:safe])
+
+    def flush(self) -> str:
+        """Whatever was held back, once generation has ended without a stop string."""
+        if self.stopped:
+            return ""
+        return self._emit(self.decode(self.tokens))
+
+    def _emit(self, visible: str) -> str:
+        if len(visible) <= len(self.emitted):
+            return ""
+        new = visible[len(self.emitted):]
+        self.emitted = visible
+        return new

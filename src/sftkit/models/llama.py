@@ -1,0 +1,184 @@
+"""The Llama architecture from scratch: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Parameter names (see `sftkit.checkpoints.keymaps` for Hugging Face's): `tok_emb`,
+`blocks.N.attn_norm`, `blocks.N.attn.{q,k,v,out}_proj`, `blocks.N.mlp_norm`,
+`blocks.N.mlp.{gate,up,down}_proj`, `final_norm`, `lm_head` (shared with `tok_emb` when
+`tie_embeddings`).
+
+RoPE follows Hugging Face's "rotate half" convention: channel i of a head is paired with channel
+i + head_dim/2 (not with its neighbour, as in Meta's original code).
+
+Example:
+    >>> import torch
+    >>> from sftkit.models import ModelConfig
+    >>> config = ModelConfig.from_name("smollm2-135m", n_layers=2, emb_dim=64, n_heads=4,
+    ...                                n_kv_heads=2, hidden_dim=128)
+    >>> LlamaModel(config)(torch.tensor([[1, 2, 3]])).shape
+    torch.Size([1, 3, 49152])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sftkit.models.config import ModelConfig
+from sftkit.models.kv_cache import KVCache, Positions, causal_attention
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the model dtype, as the reference does, so bfloat16
+        # models keep the same statistics.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (T, head_dim), or (B, 1, T, head_dim) for per-row positions (B, T).
+
+    Computed per call in float32 (a few thousand multiplications), so the model owns no buffers
+    and can be built on the meta device and loaded in place.
+    """
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device)
+    inv_freq = 1.0 / (theta ** (exponents.float() / head_dim))
+    angles = positions.float()[..., None] * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)
+    if angles.ndim == 3:  # (B, T, D) per-row positions → (B, 1, T, D) to broadcast over heads
+        angles = angles[:, None]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by the per-position angles, pairing channel i with i + D/2."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        emb, kv_dim = config.emb_dim, config.n_kv_heads * config.head_dim
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(emb, emb, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(emb, kv_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(emb, kv_dim, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(emb, emb, bias=False)
+        self.drop_rate = config.drop_rate
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                positions: Positions, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        batch, length, emb = x.shape
+        q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, positions, k, v)
+        out = causal_attention(q, k, v, positions=positions, cached=kv_cache is not None,
+                               dropout_p=self.drop_rate if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, emb))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.emb_dim, config.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(config.emb_dim, config.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(config.hidden_dim, config.emb_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.emb_dim, config.norm_eps)
+        self.attn = LlamaAttention(config)
+        self.mlp_norm = RMSNorm(config.emb_dim, config.norm_eps)
+        self.mlp = SwiGLU(config)
+        self.drop = nn.Dropout(config.drop_rate)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                positions: Positions, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, positions, kv_cache, layer))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class LlamaModel(nn.Module):
+    """A Llama-family decoder (SmolLM2 and friends), with an optional KV cache."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.drop = nn.Dropout(config.drop_rate)
+        self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layers))
+        self.final_norm = RMSNorm(config.emb_dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02) weights, zero biases, unit norms; re-ties the head when configured."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    def forward_hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
+                       input_pos: int | torch.Tensor | None = None,
+                       pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The final normed hidden states (B, T, emb_dim), before the output head.
+
+        `pad_lengths` (B,): each row starts with that many padding tokens (left padding for
+        batched generation); they get no attention and the row's positions start after them.
+        """
+        positions = Positions.resolve(input_pos, idx.shape[1], idx.device,
+                                      self.config.context_length, pad_lengths)
+        x = self.drop(self.tok_emb(idx))
+        rope = rope_cos_sin(positions.token_positions, self.config.head_dim,
+                            self.config.rope_theta, x.dtype)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, positions, kv_cache, layer)
+        return self.final_norm(x)
+
+    def forward(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
+                input_pos: int | torch.Tensor | None = None,
+                pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids `idx` (B, T)."""
+        return self.lm_head(self.forward_hidden(idx, kv_cache=kv_cache, input_pos=input_pos,
+                                                pad_lengths=pad_lengths))
+
+    def num_parameters(self) -> int:
+        """Unique parameters (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def make_kv_cache(self, batch_size: int, max_len: int | None = None,
+                      device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> KVCache:
+        """A preallocated cache for `batch_size` sequences of up to `max_len` positions."""
+        weight = self.tok_emb.weight
+        return KVCache(n_layers=self.config.n_layers, batch_size=batch_size,
+                       n_kv_heads=self.config.n_kv_heads,
+                       max_len=max_len or self.config.context_length,
+                       head_dim=self.config.head_dim, device=device or weight.device,
+                       dtype=dtype or weight.dtype)

@@ -1,0 +1,1 @@
+"""Fine-tuning: the loss, the loop, schedules, checkpoints, metrics and plots."""
