@@ -1,10 +1,15 @@
 """Run configuration: dataclasses that validate themselves, read from TOML, overridden by
 `section.field=value` arguments.
 
+Precedence: the dataclass defaults (the book's recipe), then the model preset's recipe
+(`PRESET_RECIPES`), then the TOML file, then the overrides.
+
 Example:
-    >>> config = RunConfig.load(None, ["train.epochs=1", "model.name=gpt2"])
-    >>> config.train.epochs, config.model.name, config.train.lr
-    (1, 'gpt2', 5e-05)
+    >>> config = RunConfig.load(None, ["train.eval_every=10", "model.name=gpt2"])
+    >>> config.train.epochs, config.train.eval_every, config.model.name, config.train.lr
+    (2, 10, 'gpt2', 5e-05)
+    >>> RunConfig.load().train.epochs  # the embedded default model's recipe
+    1
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: Recipe defaults a model preset brings, applied before the config file and the overrides.
+#: GPT-2 keeps the reference recipe (the dataclass defaults). The embedded SmolLM2 trains for
+#: one epoch: already instruction-tuned, it learns the data's format within a few hundred steps,
+#: and the whole default run must fit in 10 minutes on a 2-core CPU.
+PRESET_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "smollm2-135m-instruct": {"train": {"epochs": 1, "eval_every": 25}},
+}
 SCHEDULES = ("constant", "cosine")
 
 
@@ -86,7 +99,7 @@ class TrainConfig:
     """`auto` picks bf16 where the hardware runs it faster than fp32 (measured on CPUs)."""
     device: str = "auto"
     """`auto` (CUDA, then Apple MPS, then CPU), or a torch device string."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100
     """Save a resumable checkpoint every this many steps (0 = only at the end / on Ctrl-C)."""
     keep_checkpoints: int = 2
     drop_rate: float = 0.0
@@ -124,6 +137,27 @@ class GenerateConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    judge: str = "auto"
+    """`ollama:MODEL`, `openai:MODEL`, `none`, or `auto` (the reference judge `ollama:llama3`
+    when an Ollama server is reachable and has it; skipped otherwise, saying why)."""
+    host: str = ""
+    """Ollama host ("" = $OLLAMA_HOST or http://localhost:11434)."""
+    base_url: str = ""
+    """Base URL of an OpenAI-compatible server (for `openai:` judges)."""
+    template: str = ""
+    """A file holding the judge prompt template ("" = the reference prompt)."""
+    concurrency: int = 4
+    timeout: float = 120.0
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        _require(self.concurrency >= 1, "evaluate.concurrency must be >= 1")
+        _require(self.timeout > 0 and self.retries >= 0,
+                 "evaluate.timeout must be > 0 and evaluate.retries >= 0")
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     """The run directory is `<runs_dir>/<name>/`."""
@@ -132,6 +166,7 @@ class RunConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -154,6 +189,11 @@ class RunConfig:
             if not sep:
                 raise SftkitError(f"override {override!r} is not of the form section.field=value")
             _set_path(values, key.strip().split("."), _parse_value(raw.strip()))
+        section = values.get("model", {})
+        model = section.get("name", ModelArgs.name) if isinstance(section, dict) else None
+        recipe = PRESET_RECIPES.get(model, {}) if isinstance(model, str) else {}
+        for section, defaults in recipe.items():
+            values[section] = {**defaults, **values.get(section, {})}
         return _build(cls, values, str(path or "config"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,22 +235,23 @@ def _set_path(values: dict[str, Any], keys: list[str], value: Any) -> None:
     values[keys[-1]] = value
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def _build(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> Any:
     hints = get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise SftkitError(f"{where}: unknown key(s) {', '.join(unknown)} in "
-                          f"[{cls.__name__}]; known: {', '.join(known)}")
+        section = f" in [{prefix.rstrip('.')}]" if prefix else ""
+        raise SftkitError(f"{where}: unknown key(s) {', '.join(unknown)}{section}; "
+                          f"known: {', '.join(known)}")
     kwargs = {}
     for name, value in values.items():
         expected = hints[name]
         if dataclasses.is_dataclass(expected):
             if not isinstance(value, dict):
-                raise SftkitError(f"{where}: {name} must be a section")
-            kwargs[name] = _build(expected, value, f"{where}: [{name}]")
+                raise SftkitError(f"{where}: {prefix}{name} must be a section")
+            kwargs[name] = _build(expected, value, where, f"{prefix}{name}.")
             continue
-        kwargs[name] = _coerce(value, expected, f"{where}: {name}")
+        kwargs[name] = _coerce(value, expected, f"{where}: {prefix}{name}")
     return cls(**kwargs)
 
 
