@@ -40,7 +40,7 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     """Strings that end a sequence (the output is cut before them by the caller)."""
     seed: int | None = None
-    batch_size: int = 16
+    batch_size: int = 64
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
@@ -93,7 +93,10 @@ def _stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     for row, prompt in enumerate(prompts):
         idx[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
     cache = model.make_kv_cache(len(prompts), width + max_new, device=device)
-    logits = model(idx, kv_cache=cache, input_pos=0, pad_lengths=pad_lengths)[:, -1]
+    # The output head only where the next token is read: the prompt's other positions do not
+    # need logits (a vocab-sized matmul per position).
+    hidden = model.forward_hidden(idx, kv_cache=cache, input_pos=0, pad_lengths=pad_lengths)
+    logits = model.lm_head(hidden[:, -1])
     rows = list(range(len(prompts)))  # original row of each live cache row
     outputs: list[list[int]] = [[] for _ in prompts]
     stop_ids = set(config.stop_ids)

@@ -7,7 +7,8 @@ Run directory:
     data/{train,val,test}.json   the split (+ summary.json)
     baseline/responses.json      the model's answers *before* fine-tuning
     metrics.jsonl, loss.png      training curves; checkpoints/ for resuming
-    model/                       the fine-tuned model (sftkit format; GPT-2 also hf/)
+    model/                       the fine-tuned model (sftkit's format)
+    model-hf/                    the same, loadable by transformers' from_pretrained
     responses.json               answers after fine-tuning (the book's format)
     eval.json                    validation loss, exact match and ROUGE-L, before and after
 
@@ -171,6 +172,7 @@ def stage_baseline(context: RunContext) -> None:
 
 
 def stage_train(context: RunContext) -> None:
+    from sftkit.checkpoints.hf import save_hf_directory
     from sftkit.checkpoints.native import is_native_directory, save_native
     from sftkit.data.dataset import InstructionDataset
     from sftkit.generation import GenerationConfig, generate_responses
@@ -205,11 +207,13 @@ def stage_train(context: RunContext) -> None:
     context.timings["train_supervised_tokens_per_s"] = round(
         result.supervised_tokens_per_second, 1)
     loaded.model.eval()
-    save_native(loaded.model, loaded.tokenizer, model_dir)
+    save_hf_directory(loaded.model, context.path("model-hf"), loaded.tokenizer)
+    save_native(loaded.model, loaded.tokenizer, model_dir)  # last: it marks the stage complete
     context.finetuned = True
     context.log(f"[train] {progress.step} steps, {progress.supervised_tokens} supervised tokens "
                 f"in {progress.train_seconds:.0f} s ({result.supervised_tokens_per_second:.0f} "
-                f"tokens/s); val loss {result.val_loss}; model → {model_dir}; "
+                f"tokens/s); val loss {result.val_loss}; model → {model_dir} (and "
+                f"{context.path('model-hf')} for transformers); "
                 f"curves → {context.path('loss.png')}")
 
 

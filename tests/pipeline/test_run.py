@@ -50,6 +50,12 @@ def test_run_end_to_end_then_resume(tmp_path, tiny_model_dir, tiny_data, capsys)
     assert len(responses) == 6 and all("model_response" in entry for entry in responses)
     reloaded = load_pretrained(str(run / "model"))
     assert reloaded.config.n_layers == 1
+    transformers = pytest.importorskip("transformers")
+    exported = transformers.GPT2LMHeadModel.from_pretrained(run / "model-hf").eval()
+    idx = torch.tensor([[464, 3290, 11, 50256]])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(idx).logits, reloaded.model(idx), rtol=1e-5,
+                                   atol=1e-5)
 
     capsys.readouterr()
     assert main(args) == 0  # everything is complete: every stage is skipped

@@ -235,3 +235,67 @@ def load_hf_directory(directory: Path, *, dtype: torch.dtype | str | None = None
     model = model_from_hf_state_dict(config, read_hf_state_dict(directory),
                                      source=str(directory), dtype=dtype)
     return model, hf_tokenizer_from_directory(directory, config)
+
+
+def hf_config_of(config: ModelConfig, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+    """The Hugging Face `config.json` of a model of this shape (GPT2LMHeadModel or
+    LlamaForCausalLM): the inverse of `config_from_hf`."""
+    eos = tokenizer.eos_id if tokenizer is not None else None
+    if config.family == "gpt2":
+        return {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": config.vocab_size, "n_positions": config.context_length,
+            "n_embd": config.emb_dim, "n_layer": config.n_layers, "n_head": config.n_heads,
+            "n_inner": config.hidden_dim, "activation_function": "gelu_new",
+            "layer_norm_epsilon": config.norm_eps, "tie_word_embeddings": config.tie_embeddings,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "bos_token_id": eos, "eos_token_id": eos,
+        }
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": config.vocab_size, "max_position_embeddings": config.context_length,
+        "hidden_size": config.emb_dim, "intermediate_size": config.hidden_dim,
+        "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads, "head_dim": config.head_dim,
+        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta,
+        "tie_word_embeddings": config.tie_embeddings, "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, "eos_token_id": eos,
+        "pad_token_id": tokenizer.pad_id if tokenizer is not None else None,
+    }
+
+
+def save_hf_directory(model: Model, directory: str | Path,
+                      tokenizer: Tokenizer | None = None) -> Path:
+    """Export `model` as a Hugging Face directory (`config.json` + `model.safetensors`, and the
+    tokenizer files), loadable with `transformers.AutoModelForCausalLM.from_pretrained`.
+
+    Example:
+        >>> save_hf_directory(model, "runs/default/model-hf", tokenizer)  # doctest: +SKIP
+        >>> GPT2LMHeadModel.from_pretrained("runs/default/model-hf")  # doctest: +SKIP
+    """
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from sftkit.checkpoints.keymaps import convert_from_ours
+    from sftkit.checkpoints.weights import saved_state_dict
+    from sftkit.io import atomic_directory
+    from sftkit.tokenizer import HFTokenizer, TiktokenTokenizer, gpt2_bpe_files
+
+    config = model.config
+    tensors = convert_from_ours(saved_state_dict(model), HF_KEYMAPS[config.family])
+    if config.family == "gpt2":
+        # GPT2LMHeadModel's own names; the head is tied to `wte`, so it is not stored.
+        tensors = {f"transformer.{name}": t for name, t in tensors.items()}
+    with atomic_directory(directory) as staging:
+        save_file({name: t.contiguous() for name, t in tensors.items()},
+                  staging / "model.safetensors", metadata={"format": "pt"})
+        (staging / "config.json").write_text(
+            json.dumps(hf_config_of(config, tokenizer), indent=2) + "\n", encoding="utf-8")
+        if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.name == "gpt2":
+            encoder_json, vocab_bpe = gpt2_bpe_files()
+            shutil.copyfile(encoder_json, staging / "vocab.json")
+            shutil.copyfile(vocab_bpe, staging / "merges.txt")
+        elif isinstance(tokenizer, HFTokenizer):
+            tokenizer.backend.save(str(staging / "tokenizer.json"))
+    return Path(directory)

@@ -13,9 +13,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ import torch
 
 from sftkit.checkpoints.weights import model_from_state_dict, saved_state_dict
 from sftkit.errors import SftkitError
+from sftkit.io import atomic_directory
 from sftkit.models import Model, ModelConfig
 from sftkit.tokenizer import HFTokenizer, TiktokenTokenizer, Tokenizer, gpt2_tokenizer
 
@@ -48,11 +46,7 @@ def save_native(model: Model, tokenizer: Tokenizer, directory: str | Path) -> Pa
     """Write `model` and `tokenizer` to `directory` (replaced atomically if it exists)."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp",
-                                    dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:
         tensors = {name: t.contiguous() for name, t in saved_state_dict(model).items()}
         save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": "pt"})
         spec = _tokenizer_spec(tokenizer, staging)
@@ -60,23 +54,7 @@ def save_native(model: Model, tokenizer: Tokenizer, directory: str | Path) -> Pa
                     "model": model.config.to_dict(), "tokenizer": spec}
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n",
                                            encoding="utf-8")
-        _swap_into_place(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
-
-
-def _swap_into_place(staging: Path, directory: Path) -> None:
-    # A directory cannot be replaced over a non-empty one in one rename, so the old copy is
-    # moved aside first; at every moment the destination is either the old or the new model.
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old",
-                                dir=directory.parent))
-    os.replace(directory, old / directory.name)
-    os.replace(staging, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    return Path(directory)
 
 
 def _tokenizer_spec(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:

@@ -128,19 +128,17 @@ def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     Without a cache the keys are those of the same T tokens and a causal mask is exact. With a
     cache the keys cover positions 0..S-1 and query i may see key j when j <= its position.
     """
-    n_heads, n_kv_heads = query.shape[1], key.shape[1]
-    if n_kv_heads != n_heads:
-        # Grouped-query attention: query head h reads kv head h // (n_heads / n_kv_heads).
-        repeat = n_heads // n_kv_heads
-        key = key.repeat_interleave(repeat, dim=1)
-        value = value.repeat_interleave(repeat, dim=1)
+    # Grouped-query attention: query head h reads kv head h // (n_heads / n_kv_heads); SDPA
+    # does the grouping itself, without copying the keys and values per query head.
+    gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
     length = query.shape[2]
     padded = positions.pad_lengths is not None
     if not padded and (not cached or (positions.from_zero and key.shape[2] == length)):
         return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p,
-                                              is_causal=True)
+                                              is_causal=True, **gqa)
     if length == 1 and not padded:
         # One new token attends to every position written so far, including itself.
-        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, **gqa)
     mask = positions.key_mask(key.shape[2])
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p,
+                                          **gqa)

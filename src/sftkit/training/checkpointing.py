@@ -9,7 +9,6 @@ checkpoint that looks complete but is not.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from sftkit.errors import SftkitError
-from sftkit.io import write_text_atomic
+from sftkit.io import atomic_directory, write_text_atomic
 
 
 @dataclass
@@ -42,20 +41,15 @@ def save_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{progress.step:06d}"
     final = checkpoints_dir / name
-    staging = checkpoints_dir / f".{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    save_model(model, str(staging / "model.safetensors"))
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "progress": asdict(progress),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save(state, staging / "trainer_state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    with atomic_directory(final) as staging:
+        save_model(model, str(staging / "model.safetensors"))
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "progress": asdict(progress),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        torch.save(state, staging / "trainer_state.pt")
     write_text_atomic(checkpoints_dir / "latest", name + "\n")
     for old in sorted(checkpoints_dir.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""`sftkit serve`: serve a model over the Ollama and OpenAI-compatible HTTP APIs.
+
+Example:
+    $ sftkit serve --model runs/default          # answers as "sftkit-default"
+    $ OLLAMA_HOST=http://127.0.0.1:11434 ollama run sftkit-default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="a run directory (its model/), a run's model/ directory, a preset, "
+                             f"a .gguf, a Hub id, ... (default: {DEFAULT_MODEL})")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=11434, help="default: Ollama's 11434")
+    parser.add_argument("--name", help="the model name clients ask for (default: from --model, "
+                                       "e.g. sftkit-default for runs/default)")
+    parser.add_argument("--style", help="prompt style for chat messages (default: the model's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps, ...")
+    parser.add_argument("--max-new-tokens", type=int, default=2048,
+                        help="the most tokens one request may generate (default: 2048)")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"))
+
+
+def model_source(model: str) -> str:
+    """What to load for `--model`: a run directory stands for its `model/` directory.
+
+    >>> model_source("smollm2-135m-instruct")
+    'smollm2-135m-instruct'
+    """
+    from sftkit.errors import SftkitError
+
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").exists():
+        if (path / "model" / "config.json").is_file():
+            return str(path / "model")
+        if (path / "config.toml").is_file():
+            raise SftkitError(f"{path} is a run without a trained model yet (no {path}/model/); "
+                              "train it first: sftkit run, or sftkit train")
+    return model
+
+
+def default_name(source: str) -> str:
+    """The name a model answers to: the preset's, `sftkit-<run>` for a run's model, else the
+    file or directory name; lower case, in the characters Ollama allows.
+
+    >>> default_name("runs/default/model"), default_name("gpt2-medium")
+    ('sftkit-default', 'gpt2-medium')
+    >>> default_name("/models/SmolLM2-360M.Q8_0.gguf")
+    'smollm2-360m.q8_0'
+    """
+    path = Path(source).expanduser()
+    if path.name == "model" and path.parent.name:
+        name = f"sftkit-{path.parent.name}"
+    elif path.suffix in (".gguf", ".pth", ".pt"):
+        name = path.stem
+    elif "/" in source and not path.exists():
+        name = source.rsplit("/", 1)[1]  # a Hub id: the repository's name
+    else:
+        name = path.name or source
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "sftkit"
+
+
+def run(args: argparse.Namespace) -> int:
+    from sftkit.checkpoints import load_pretrained
+    from sftkit.device import pick_device
+    from sftkit.errors import SftkitError
+    from sftkit.serve import Engine, Limits, serve
+
+    if args.max_new_tokens < 1:
+        raise SftkitError("--max-new-tokens must be at least 1")
+    source = model_source(args.model)
+    start = time.perf_counter()
+    loaded = load_pretrained(source)
+    loaded.model.to(pick_device(args.device))
+    name = args.name or default_name(source)
+    engine = Engine(loaded, name=name, style=args.style,
+                    limits=Limits(max_new_tokens=args.max_new_tokens),
+                    load_seconds=time.perf_counter() - start)
+    url = f"http://{_url_host(args.host)}:{args.port}"
+    request = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}],
+                          "stream": False})
+    print(f"serving {name!r}: {loaded.source}, {engine.style.name} prompts, "
+          f"loaded in {engine.load_seconds:.1f} s\n"
+          f"  listening on {url} (Ollama API at /api, OpenAI-compatible API at /v1)\n"
+          f"  ollama:  OLLAMA_HOST={url} ollama run {name}\n"
+          f"  curl:    curl {url}/api/chat -d '{request}'\n"
+          f"  openai:  OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")\n"
+          f"  judge:   sftkit evaluate --judge ollama:{name} --host {url}", flush=True)
+    serve(engine, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"  # reachable from this machine, whatever the interface
+    return f"[{host}]" if ":" in host else host
