@@ -25,7 +25,7 @@ $(TESTDEPS): $(RUNTIME)
 	touch $@
 
 run: $(RUNTIME)
-	$(BIN)/sftkit prepare --data embedded --out runs/default/data
+	$(BIN)/sftkit run
 
 test: $(TESTDEPS)
 	$(BIN)/ruff check src tests

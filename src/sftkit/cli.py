@@ -35,6 +35,7 @@ COMMANDS: tuple[Command, ...] = (
             "sftkit.commands.models"),
     Command("generate", "answer a prompt, or every entry of a file (the book's responses format)",
             "sftkit.commands.generate"),
+    Command("evaluate", "LLM-judge scores beside EM/ROUGE-L", "sftkit.commands.evaluate"),
     Command("serve", "serve a model over Ollama's and OpenAI's APIs", "sftkit.commands.serve"),
 )
 

@@ -30,6 +30,7 @@ TINY_CONTEXT = 1024  # long enough for a generation that lasts seconds (the disc
 @dataclass
 class Server:
     url: str
+    name: str
     log: Path
     process: subprocess.Popen
 
@@ -43,7 +44,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(args: Sequence[str], log: Path, timeout: float = 120.0) -> Server:
+def start_server(args: Sequence[str], name: str, log: Path, timeout: float = 120.0) -> Server:
     """Start `python -m sftkit serve ARGS` and wait until it answers `GET /`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -59,7 +60,7 @@ def start_server(args: Sequence[str], log: Path, timeout: float = 120.0) -> Serv
                                f"{log.read_text(errors='replace')}")
         try:
             if httpx.get(url, timeout=1).text == "Ollama is running":
-                return Server(url, log, process)
+                return Server(url, name, log, process)
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
@@ -88,7 +89,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(tiny_model_dir, tmp_path_factory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    running = start_server(["--model", str(tiny_model_dir), "--name", TINY_NAME], log)
+    running = start_server(["--model", str(tiny_model_dir), "--name", TINY_NAME], TINY_NAME, log)
     yield running
     stop_server(running)
 

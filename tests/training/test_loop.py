@@ -56,7 +56,8 @@ def test_loss_falls_and_files_are_written(char_tokenizer, tmp_path):
     assert result.progress.step == trainer.total_steps == 3 * 8
     assert result.val_loss < 0.6 * first_val and result.train_loss < 0.6 * first_train
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == [4, 8, 12, 16, 20, 24]
+    assert [row["step"] for row in rows] == [0, 4, 8, 12, 16, 20, 24]
+    assert rows[0]["train_loss"] == pytest.approx(first_train, rel=1e-4)
     assert set(rows[0]) >= {"step", "epoch", "tokens_seen", "train_loss", "val_loss", "lr",
                             "supervised_tokens_per_s"}
     assert rows[-1]["epoch"] == 3.0

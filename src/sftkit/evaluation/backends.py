@@ -100,6 +100,7 @@ class Backend(abc.ABC):
     async def complete(self, prompt: str) -> str:
         """The judge's reply to `prompt` as a user message; raises `RequestFailed`."""
 
+    @abc.abstractmethod
     async def aclose(self) -> None:
         """Close the connections opened by `complete`."""
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sftkit.errors import SftkitError
 from sftkit.io import write_text_atomic
 
 REPORT_FILE = "report.md"
@@ -30,9 +31,14 @@ SHOWN_ANSWERS = 5
 def write_report(run_dir: str | Path) -> Path:
     """Write `<run_dir>/report.md` and return its path; never fails on missing pieces."""
     run_dir = Path(run_dir)
-    evaluation = _load_json(run_dir / "eval.json")
+    header = f"# Run report: {run_dir.name}\n"
+    try:
+        evaluation = _load_json(run_dir / "eval.json")
+    except ValueError as error:
+        evaluation = None
+        header += f"\n_{error}: the sections that need it are left out_\n"
     sections = [
-        f"# Run report: {run_dir.name}\n",
+        header,
         _section("Configuration", lambda: _configuration(run_dir)),
         _section("Data", lambda: _data(run_dir)),
         _section("Training", lambda: _training(run_dir, evaluation)),
@@ -267,7 +273,11 @@ def _judge_ranking(run_dir: Path, entries: list[Any], summary: Any
     latest: dict[int, float] = {}
     keys = {index: entry_key(entry) for index, entry in enumerate(entries)
             if isinstance(entry, dict)}
-    for record in read_scores(scores_path).records:
+    try:
+        records = read_scores(scores_path).records
+    except SftkitError:
+        return None, ""  # damaged scores: rank by ROUGE-L instead
+    for record in records:
         index = record["index"]
         if record.get("judge") == summary.get("judge") and keys.get(index) == record.get("key"):
             if record.get("score") is None:

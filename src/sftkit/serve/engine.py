@@ -165,6 +165,7 @@ class Engine:
         items: asyncio.Queue[object] = asyncio.Queue()
         job.deliver = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)
         self._jobs.put(job)
+        checked = time.monotonic()
         try:
             while True:
                 if disconnected is None:
@@ -173,8 +174,13 @@ class Engine:
                     try:
                         item = await asyncio.wait_for(items.get(), poll_seconds)
                     except asyncio.TimeoutError:
+                        item = None
+                    # Check on a clock, not only when idle: pieces may keep arriving.
+                    if time.monotonic() - checked >= poll_seconds:
+                        checked = time.monotonic()
                         if await disconnected():
                             return
+                    if item is None:
                         continue
                 if isinstance(item, BaseException):
                     raise item

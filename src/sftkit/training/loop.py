@@ -211,6 +211,8 @@ class Trainer:
         self.model.train()
         sampler = self.train_loader.batch_sampler
         last_row: dict[str, Any] | None = None
+        if progress.step == 0 and config.eval_every:
+            last_row = self._record(progress, self.schedule(0))  # the curves start untrained
         bar = tqdm(total=self.total_steps, initial=progress.step, unit="step",
                    disable=not self.progress_bar, dynamic_ncols=True)
         try:
