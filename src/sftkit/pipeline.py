@@ -1,6 +1,6 @@
-"""`sftkit run`: the whole chain — prepare → baseline → train → generate → evaluate — each stage
-writing into `runs/<name>/` and skipped when its outputs are already complete, so re-running
-the same command resumes where it stopped.
+"""`sftkit run`: the whole chain — prepare → baseline → train → generate → evaluate → judge →
+report — each stage writing into `runs/<name>/` and skipped when its outputs are already
+complete, so re-running the same command resumes where it stopped.
 
 Run directory:
     config.toml                  the resolved configuration
@@ -10,7 +10,10 @@ Run directory:
     model/                       the fine-tuned model (sftkit's format)
     model-hf/                    the same, loadable by transformers' from_pretrained
     responses.json               answers after fine-tuning (the book's format)
-    eval.json                    validation loss, exact match and ROUGE-L, before and after
+    eval.json                    validation loss, exact match and ROUGE-L, before and after;
+                                 the judge's summary (when a judge ran, or why it did not)
+    scores.jsonl, judge_scores.png   the judge's per-entry scores and their histogram
+    report.md                    everything above in one page
 
 Example:
     >>> run_pipeline(RunConfig.load(None, ["train.max_steps=10"]))  # doctest: +SKIP
@@ -27,6 +30,7 @@ from typing import Any
 
 from sftkit.config import RunConfig
 from sftkit.errors import SftkitError
+from sftkit.evaluation.stages import stage_judge, stage_report
 from sftkit.io import write_json_atomic, write_text_atomic
 
 
@@ -279,7 +283,8 @@ def format_comparison(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-STAGES = (stage_prepare, stage_baseline, stage_train, stage_generate, stage_evaluate)
+STAGES = (stage_prepare, stage_baseline, stage_train, stage_generate, stage_evaluate,
+          stage_judge, stage_report)
 
 
 def run_pipeline(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -169,7 +169,8 @@ def test_paired_comparison_on_literal_scores():
     low, high = result["ci95"]
     assert low <= 1.667 <= high
     text = format_comparison(result)
-    assert "difference     +1.7" in text and "after wins 1, ties 1, losses 1" in text
+    assert "A = after, B = before: 3 paired entries (1 scored only in A, 1 only in B)" in text
+    assert "A − B          +1.7" in text and "A higher on 1, tied on 1, lower on 1" in text
 
 
 def test_paired_comparison_without_common_entries():

@@ -12,7 +12,7 @@ from sftkit.cli import main
 from sftkit.config import EvaluateConfig, RunConfig
 from sftkit.errors import SftkitError
 from sftkit.evaluation.scoring import evaluate_responses, resolve_target
-from sftkit.evaluation.stages import stage_judge
+from sftkit.evaluation.stages import stage_judge, stage_report
 from sftkit.pipeline import RunContext
 
 
@@ -108,6 +108,7 @@ def test_compare_refuses_different_entries(fake_server, tmp_path):
     config = EvaluateConfig(judge="ollama:llama3", host=fake_server.url)
     with pytest.raises(SftkitError, match="entry 2 differs"):
         evaluate_responses(first, config, compare=second, log=quiet)
+    assert fake_server.chat_count == 0  # checked before any work
 
 
 def test_evaluate_command_prints_the_judge_beside_the_objective_metrics(fake_server, tmp_path,
@@ -116,7 +117,6 @@ def test_evaluate_command_prints_the_judge_beside_the_objective_metrics(fake_ser
     entries[0]["model_response"] = entries[0]["output"]  # one exact match
     fake_server.reply = reply_by_entry({1: "The answer is fine."}, default="60")
     run = write_run(tmp_path / "run", entries)
-    fake_server.reply = lambda prompt: "The answer is fine." if "`answer-1`" in prompt else "60"
     status = main(["evaluate", str(run), "--host", fake_server.url, "--concurrency", "2"])
     out = capsys.readouterr().out
     assert status == 0
@@ -175,3 +175,25 @@ def test_stage_judge_runs_then_is_done_already(tmp_path, fake_server):
     assert fake_server.chat_count == 3
     stage_judge(context)
     assert messages[-1].startswith("[judge] done already") and fake_server.chat_count == 3
+
+
+def test_a_template_file_is_used_and_its_scores_kept_apart(fake_server, tmp_path):
+    run = write_run(tmp_path / "run", make_entries(2))
+    evaluate_responses(run, EvaluateConfig(judge="ollama:llama3", host=fake_server.url),
+                       log=quiet)
+    template = tmp_path / "judge.txt"
+    template.write_text("Rate {model_response} for {input} against {output}. Integer only.")
+    config = EvaluateConfig(judge="ollama:llama3", host=fake_server.url, template=str(template))
+    outcome = evaluate_responses(run, config, log=quiet)
+    assert fake_server.chat_count == 4  # another prompt: scored again, not reused
+    assert fake_server.chat_bodies[-1]["messages"][0]["content"].startswith("Rate answer-")
+    assert outcome["judge"]["template"] == str(template) and outcome["judge"]["scored"] == 2
+
+
+def test_stage_report_writes_the_report(tmp_path):
+    context, messages = make_context(tmp_path, judge="none")
+    stage_judge(context)
+    stage_report(context)
+    text = context.path("report.md").read_text()
+    assert "no judge scores: skipped because evaluate.judge = none" in text
+    assert messages[-1] == f"[report] → {context.path('report.md')}"

@@ -98,9 +98,10 @@ def _format_objective(scores: dict[str, Any]) -> str:
              f"({overall['exact_matches']} / {overall['count']}, normalised)",
              f"  {'ROUGE-L F1':<15}{overall['rouge_l']:.3f}"]
     if scores["by_task"]:
-        lines.append(f"  {'by task':<15}{'EM':>6}{'ROUGE-L':>9}{'n':>5}")
+        width = max(13, *(len(task) + 1 for task in scores["by_task"]))
+        lines.append(f"  {'by task':<{width + 2}}{'EM':>6}{'ROUGE-L':>9}{'n':>5}")
         for task, row in scores["by_task"].items():
-            lines.append(f"    {task:<13}{row['exact_match']:>6.2f}{row['rouge_l']:>9.2f}"
+            lines.append(f"    {task:<{width}}{row['exact_match']:>6.2f}{row['rouge_l']:>9.2f}"
                          f"{row['count']:>5}")
     return "\n".join(lines)
 

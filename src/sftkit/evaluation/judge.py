@@ -303,17 +303,29 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def format_comparison(comparison: Mapping[str, Any]) -> str:
-    """A paired comparison as a few lines for the terminal."""
+    """A paired comparison as a few lines for the terminal (A is the first set, B the second).
+
+    Example:
+        >>> print(format_comparison(paired_comparison({0: 90, 1: 60}, {0: 70, 1: 60},
+        ...                                           labels=("after", "before"))))
+          A = after, B = before: 2 paired entries
+          mean           A 75.0  B 65.0
+          A − B          +10.0  95% CI [+0.0, +20.0]
+          entries        A higher on 1, tied on 1, lower on 0
+    """
     first, second = comparison["labels"]
+    head = f"  A = {first}, B = {second}: {comparison['pairs']} paired entries"
+    unpaired = comparison["only_first"] + comparison["only_second"]
+    if unpaired:
+        head += (f" ({comparison['only_first']} scored only in A, {comparison['only_second']} "
+                 "only in B)")
     if not comparison["pairs"]:
-        return "  no entries scored in both: nothing to compare"
+        return head + "\n  no entries scored in both: nothing to compare"
     low, high = comparison["ci95"]
     return "\n".join([
-        f"  paired entries {comparison['pairs']} (only in {first}: {comparison['only_first']},"
-        f" only in {second}: {comparison['only_second']})",
-        f"  mean           {first} {comparison['mean_first']:.1f}  vs  "
-        f"{second} {comparison['mean_second']:.1f}",
-        f"  difference     {comparison['mean_difference']:+.1f}  95% CI [{low:+.1f}, {high:+.1f}]",
-        f"  {first} wins {comparison['wins']}, ties {comparison['ties']}, "
-        f"losses {comparison['losses']}",
+        head,
+        f"  {'mean':<15}A {comparison['mean_first']:.1f}  B {comparison['mean_second']:.1f}",
+        f"  {'A − B':<15}{comparison['mean_difference']:+.1f}  95% CI [{low:+.1f}, {high:+.1f}]",
+        f"  {'entries':<15}A higher on {comparison['wins']}, tied on {comparison['ties']}, "
+        f"lower on {comparison['losses']}",
     ])

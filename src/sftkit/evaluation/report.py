@@ -91,7 +91,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{round(value, 3):g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -169,6 +169,11 @@ def _last_metrics_row(path: Path) -> dict[str, Any] | None:
     return last
 
 
+def _fixed(value: Any) -> str | None:
+    """Metrics with three decimals, so a column lines up."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) else None
+
+
 def _objective(evaluation: Any) -> str:
     evaluation = _require(evaluation, "no objective metrics: eval.json is missing (the "
                                       "evaluate stage writes it)")
@@ -179,9 +184,10 @@ def _objective(evaluation: Any) -> str:
     def overall(side: Mapping[str, Any], key: str) -> Any:
         return (side.get("overall") or {}).get(key)
 
-    rows = [("validation loss", before.get("val_loss"), after.get("val_loss")),
-            ("exact match", overall(before, "exact_match"), overall(after, "exact_match")),
-            ("ROUGE-L F1", overall(before, "rouge_l"), overall(after, "rouge_l")),
+    rows = [("validation loss", _fixed(before.get("val_loss")), _fixed(after.get("val_loss"))),
+            ("exact match", _fixed(overall(before, "exact_match")),
+             _fixed(overall(after, "exact_match"))),
+            ("ROUGE-L F1", _fixed(overall(before, "rouge_l")), _fixed(overall(after, "rouge_l"))),
             ("answers", overall(before, "count"), overall(after, "count"))]
     text = _table(("", "before", "after"), rows)
     tasks = sorted(set(before.get("by_task") or {}) | set(after.get("by_task") or {}))
@@ -192,8 +198,8 @@ def _objective(evaluation: Any) -> str:
         text += "\nBy task family:\n\n" + _table(
             ("task", "count", "EM before", "EM after", "ROUGE-L before", "ROUGE-L after"),
             [(name, task(after, name, "count") or task(before, name, "count"),
-              task(before, name, "exact_match"), task(after, name, "exact_match"),
-              task(before, name, "rouge_l"), task(after, name, "rouge_l")) for name in tasks])
+              *(_fixed(task(side, name, key)) for key in ("exact_match", "rouge_l")
+                for side in (before, after))) for name in tasks])
     return text
 
 

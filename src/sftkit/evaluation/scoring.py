@@ -18,8 +18,8 @@ naming the line.
 
 Example:
     >>> from sftkit.config import EvaluateConfig
-    >>> result = evaluate_responses("runs/default", EvaluateConfig(judge="ollama:llama3"))
-    ...     # doctest: +SKIP
+    >>> config = EvaluateConfig(judge="ollama:llama3")
+    >>> result = evaluate_responses("runs/default", config)  # doctest: +SKIP
     >>> result["judge"]["scored"], result["judge"]["mean"]  # doctest: +SKIP
     (159, 71.4)
 """
@@ -446,25 +446,23 @@ def write_summary(target: JudgeTarget, summary: Mapping[str, Any]) -> Path:
     return path
 
 
-def check_same_entries(first: TargetResult, second: TargetResult) -> None:
+def check_same_entries(first: JudgeTarget, second: JudgeTarget) -> None:
     """A paired comparison needs the same entries, in the same order (index + instruction)."""
-    a, b = first.entries, second.entries
+    a, b = load_responses(first.responses), load_responses(second.responses)
     if len(a) != len(b):
-        raise SftkitError(f"--compare: {first.target.responses} has {len(a)} entries, "
-                          f"{second.target.responses} has {len(b)}; a paired comparison needs "
-                          "the same test entries")
+        raise SftkitError(f"--compare: {first.responses} has {len(a)} entries, "
+                          f"{second.responses} has {len(b)}; a paired comparison needs the "
+                          "same test entries")
     for index, (x, y) in enumerate(zip(a, b)):
         if (x["instruction"], x.get("input", "")) != (y["instruction"], y.get("input", "")):
             raise SftkitError(
                 f"--compare: entry {index} differs: {x['instruction'][:60]!r} in "
-                f"{first.target.responses} vs {y['instruction'][:60]!r} in "
-                f"{second.target.responses}; a paired comparison needs the same entries in "
-                "the same order")
+                f"{first.responses} vs {y['instruction'][:60]!r} in {second.responses}; a "
+                "paired comparison needs the same entries in the same order")
 
 
 def compare_results(first: TargetResult, second: TargetResult) -> dict[str, Any]:
     """Paired comparison of two judged targets (first − second)."""
-    check_same_entries(first, second)
 
     def scores(result: TargetResult) -> dict[int, int]:
         return {i: r["score"] for i, r in result.records.items() if r.get("score") is not None}
@@ -481,13 +479,16 @@ def evaluate_responses(path: str | Path, config: EvaluateConfig, *,
                        progress: Callable[[dict[str, Any]], None] | None = None,
                        on_start: Callable[[int], None] | None = None,
                        backoff: float = RETRY_BACKOFF_S) -> dict[str, Any]:
-    """Judge a responses file or run dir (and `compare`, with the same judge); return
-    `{"judge": summary, "compare": other summary?, "comparison": ...?}`."""
+    """Judge a responses file or run dir (and `compare`, with the same judge, after checking
+    both hold the same entries); return `{"judge": summary, "target": JudgeTarget, "entries":
+    [...]}` plus, with `compare`, `"compare": its summary` and `"comparison": {...}`."""
     target = resolve_target(path, out)
     other = resolve_target(compare) if compare is not None else None
     if other is not None and other.scores_path.resolve() == target.scores_path.resolve():
         raise SftkitError(f"--compare: {compare} would share {target.scores_path} with "
                           f"{path}; pass a different responses file or run")
+    if other is not None:
+        check_same_entries(target, other)
     result = judge_target(target, config, log=log, progress=progress, on_start=on_start,
                           backoff=backoff)
     outcome: dict[str, Any] = {"judge": result.summary, "target": target}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftkit.models.base import DecoderModel
 from sftkit.models.config import ModelConfig
 from sftkit.models.kv_cache import KVCache, Positions, causal_attention
 
@@ -32,6 +33,9 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 whatever the model dtype, as the reference does, so bfloat16
@@ -116,7 +120,7 @@ class LlamaBlock(nn.Module):
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(DecoderModel):
     """A Llama-family decoder (SmolLM2 and friends), with an optional KV cache."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -129,29 +133,10 @@ class LlamaModel(nn.Module):
         self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Normal(0, 0.02) weights, zero biases, unit norms; re-ties the head when configured."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
-        self.tie_weights()
-
-    def tie_weights(self) -> None:
-        if self.config.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
-
     def forward_hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
                        input_pos: int | torch.Tensor | None = None,
                        pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """The final normed hidden states (B, T, emb_dim), before the output head.
-
-        `pad_lengths` (B,): each row starts with that many padding tokens (left padding for
-        batched generation); they get no attention and the row's positions start after them.
-        """
+        """See `DecoderModel.forward_hidden`."""
         positions = Positions.resolve(input_pos, idx.shape[1], idx.device,
                                       self.config.context_length, pad_lengths)
         x = self.drop(self.tok_emb(idx))
@@ -160,25 +145,3 @@ class LlamaModel(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, rope, positions, kv_cache, layer)
         return self.final_norm(x)
-
-    def forward(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
-                input_pos: int | torch.Tensor | None = None,
-                pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for token ids `idx` (B, T)."""
-        return self.lm_head(self.forward_hidden(idx, kv_cache=kv_cache, input_pos=input_pos,
-                                                pad_lengths=pad_lengths))
-
-    def num_parameters(self) -> int:
-        """Unique parameters (a tied head counts once)."""
-        return sum(p.numel() for p in self.parameters())
-
-    def make_kv_cache(self, batch_size: int, max_len: int | None = None,
-                      device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None) -> KVCache:
-        """A preallocated cache for `batch_size` sequences of up to `max_len` positions."""
-        weight = self.tok_emb.weight
-        return KVCache(n_layers=self.config.n_layers, batch_size=batch_size,
-                       n_kv_heads=self.config.n_kv_heads,
-                       max_len=max_len or self.config.context_length,
-                       head_dim=self.config.head_dim, device=device or weight.device,
-                       dtype=dtype or weight.dtype)
