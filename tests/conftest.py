@@ -43,3 +43,18 @@ class CharTokenizer:
 @pytest.fixture
 def char_tokenizer() -> CharTokenizer:
     return CharTokenizer()
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A tiny random GPT-2 (1 layer, 32 dims, the real GPT-2 tokenizer) in sftkit's format."""
+    import torch
+
+    from sftkit.checkpoints.native import save_native
+    from sftkit.models import ModelConfig, build_model
+    from sftkit.tokenizer import gpt2_tokenizer
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
+                                              context_length=256))
+    return save_native(model, gpt2_tokenizer(), tmp_path / "tiny")

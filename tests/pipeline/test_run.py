@@ -8,18 +8,7 @@ import pytest
 import torch
 
 from sftkit.checkpoints import load_pretrained
-from sftkit.checkpoints.native import save_native
 from sftkit.cli import main
-from sftkit.models import ModelConfig, build_model
-from sftkit.tokenizer import gpt2_tokenizer
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
-                                              context_length=256))
-    return save_native(model, gpt2_tokenizer(), tmp_path / "tiny")
 
 
 @pytest.fixture
