@@ -183,6 +183,32 @@ def stream(model: torch.nn.Module, prompt: Sequence[int],
         model.train(was_training)
 
 
+@torch.inference_mode()
+def stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                 config: GenerationConfig = GenerationConfig(),
+                 should_stop: Callable[[int, list[int]], bool] | None = None
+                 ) -> Iterator[tuple[int, int | None]]:
+    """Yield (row, token) for several prompts at once as tokens are generated, and (row, None)
+    when a row finishes (for a server answering several clients with one batch).
+
+    `should_stop(row, tokens)` is asked after each new token whether that row is done (its own
+    token limit, a stop string, a client gone); `config.stop_strings` is not used here.
+
+    >>> for row, token in stream_batch(model, [ids_a, ids_b], config):  # doctest: +SKIP
+    ...     print(row, token)
+    """
+    was_training = model.training
+    model.eval()
+    generator = None
+    if config.seed is not None:
+        generator = torch.Generator(device=next(model.parameters()).device)
+        generator.manual_seed(config.seed)
+    try:
+        yield from _stream_batch(model, prompts, config, generator, should_stop)
+    finally:
+        model.train(was_training)
+
+
 def _stop_string_check(stop_strings: Sequence[str],
                        decode: Callable[[Sequence[int]], str] | None
                        ) -> Callable[[int, list[int]], bool] | None:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,14 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def free_port() -> int:
@@ -69,15 +77,6 @@ def start_server(args: Sequence[str], name: str, log: Path, timeout: float = 120
                        f"{log.read_text(errors='replace')}")
 
 
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
@@ -87,11 +86,26 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_model_dir, tmp_path_factory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    running = start_server(["--model", str(tiny_model_dir), "--name", TINY_NAME], TINY_NAME, log)
-    yield running
-    stop_server(running)
+def serve_process(tmp_path_factory) -> Iterator[Callable[[Sequence[str], str], Server]]:
+    """Starts `sftkit serve ARGS` answering as NAME; whatever is still running at the end of
+    the session is stopped."""
+    started: list[Server] = []
+
+    def start(args: Sequence[str], name: str) -> Server:
+        log = tmp_path_factory.mktemp("serve-log") / "server.log"
+        started.append(start_server(args, name, log))
+        return started[-1]
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir, serve_process) -> Server:
+    """The tiny model, served once for the whole directory."""
+    return serve_process(["--model", str(tiny_model_dir), "--name", TINY_NAME], TINY_NAME)
 
 
 @dataclass
@@ -122,3 +136,4 @@ class Reference:
 def reference(tiny_model_dir) -> Reference:
     loaded = load_pretrained(str(tiny_model_dir))
     return Reference(loaded, get_style(loaded.config.prompt_style))
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,45 +16,66 @@ CLIENTS = 24
 NEW_TOKENS = 12
 
 
-def _ask(server, index: int, barrier: threading.Barrier) -> str:
-    """One client: its own question and seed, through one of four ways of asking."""
-    question = f"Question number {index}: what comes after {index}?"
-    messages = [{"role": "user", "content": question}]
+def _question(index: int) -> str:
+    return f"Question number {index}: what comes after {index}?"
+
+
+def _ask(server, index: int, barrier: threading.Barrier, new_tokens: int,
+         temperature: float) -> str:
+    """One client: its own question (and seed), through one of four ways of asking."""
+    messages = [{"role": "user", "content": _question(index)}]
     barrier.wait()  # everyone at once
     kind = index % 4
     if kind < 2:
         client = ollama.Client(host=server.url, timeout=120)
-        options = {"num_predict": NEW_TOKENS, "temperature": 1.0, "seed": index}
+        options = {"num_predict": new_tokens, "temperature": temperature, "seed": index}
         if kind == 0:
             done = client.chat(model=TINY_NAME, messages=messages, options=options)
-            assert done.eval_count == NEW_TOKENS
+            assert done.eval_count == new_tokens
             return done.message.content
         chunks = list(client.chat(model=TINY_NAME, messages=messages, options=options,
                                   stream=True))
-        assert chunks[-1].done and chunks[-1].eval_count == NEW_TOKENS
+        assert chunks[-1].done and chunks[-1].eval_count == new_tokens
         return "".join(chunk.message.content for chunk in chunks)
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=120,
                            max_retries=0)
-    kwargs = {"model": TINY_NAME, "messages": messages, "max_tokens": NEW_TOKENS,
-              "temperature": 1.0, "seed": index}
+    kwargs = {"model": TINY_NAME, "messages": messages, "max_tokens": new_tokens,
+              "temperature": temperature, "seed": index}
     if kind == 2:
         done = client.chat.completions.create(**kwargs)
-        assert done.usage.completion_tokens == NEW_TOKENS
+        assert done.usage.completion_tokens == new_tokens
         return done.choices[0].message.content
     chunks = list(client.chat.completions.create(**kwargs, stream=True))
     assert chunks[-1].choices[0].finish_reason == "length"
     return "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
 
 
-def test_concurrent_clients_get_their_own_answers(server, reference):
-    expected = [reference.answer(reference.chat_prompt(
-        f"Question number {index}: what comes after {index}?"), NEW_TOKENS, temperature=1.0,
-        seed=index) for index in range(CLIENTS)]
-    assert len(set(expected)) > CLIENTS // 2  # mostly distinct, so a mix-up would show
+def _all_at_once(server, new_tokens, temperature: float) -> list[str]:
     barrier = threading.Barrier(CLIENTS)
     with ThreadPoolExecutor(CLIENTS) as pool:
-        answers = list(pool.map(lambda index: _ask(server, index, barrier), range(CLIENTS)))
-    assert answers == expected
+        return list(pool.map(lambda index: _ask(server, index, barrier, new_tokens(index),
+                                                temperature), range(CLIENTS)))
+
+
+def test_concurrent_sampling_clients_get_their_own_answers(server, reference):
+    """Sampled requests run one by one: each seed reproduces its answer."""
+    expected = [reference.answer(reference.chat_prompt(_question(index)), NEW_TOKENS,
+                                 temperature=1.0, seed=index) for index in range(CLIENTS)]
+    assert len(set(expected)) > CLIENTS // 2  # mostly distinct, so a mix-up would show
+    assert _all_at_once(server, lambda index: NEW_TOKENS, temperature=1.0) == expected
+
+
+def test_concurrent_greedy_clients_are_batched_yet_answered_as_alone(server, reference):
+    """Greedy requests share batches; each row keeps its own limit and gets its own answer."""
+    seen = len(server.log_text())
+
+    def new_tokens(index: int) -> int:
+        return 4 + index % 9
+
+    expected = [reference.answer(reference.chat_prompt(_question(index)), new_tokens(index))
+                for index in range(CLIENTS)]
+    assert _all_at_once(server, new_tokens, temperature=0.0) == expected
+    assert "a batch of" in server.log_text()[seen:]
 
 
 def _cancellations(log: str) -> list[int | None]:
@@ -71,18 +93,16 @@ def test_clients_that_leave_stop_their_generation(server):
     seen = len(server.log_text())
     long = {"model": TINY_NAME, "messages": [{"role": "user", "content": "Talk."}],
             "options": {"num_predict": 900}}
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        with http.stream("POST", "/api/chat", json=long) as response:
-            assert response.status_code == 200
-            lines = response.iter_lines()  # kept: a dropped iterator closes the response
-            next(lines)
-            # While this generation runs, a non-streamed request queues behind it and gives up
-            # (the server notices within its polling interval, queued or running).
-            try:
-                http.post("/api/chat", json={**long, "stream": False}, timeout=0.3)
-            except httpx.TimeoutException:
-                pass
-        # Leaving the `with` closed the streamed response: its client is gone too.
+    with httpx.Client(base_url=server.url, timeout=30) as http, \
+            http.stream("POST", "/api/chat", json=long) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()  # kept: a dropped iterator closes the response
+        next(lines)
+        # While this generation runs, a non-streamed request queues behind it and gives up
+        # (the server notices within its polling interval, queued or running).
+        with contextlib.suppress(httpx.TimeoutException):
+            http.post("/api/chat", json={**long, "stream": False}, timeout=0.3)
+    # Leaving the `with` closed the streamed response: its client is gone too.
     deadline = time.monotonic() + 15
     while len(cancelled := _cancellations(server.log_text()[seen:])) < 2:
         assert time.monotonic() < deadline, server.log_text()[seen:]

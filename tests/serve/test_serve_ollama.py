@@ -8,7 +8,6 @@ import httpx
 import ollama
 import pytest
 
-
 TINY_NAME = "tiny"  # the --name the server fixture gives
 TINY_CONTEXT = 1024
 USER = [{"role": "user", "content": "Name three colours."}]
