@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sftkit does; before torch loads
+
 from collections.abc import Sequence
 
 import pytest

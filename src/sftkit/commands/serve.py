@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -74,10 +73,6 @@ def default_name(source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Before torch loads OpenMP: its threads' default busy-waiting between the many small
-    # per-token ops fights the event loop and any other process for the cores; on a busy
-    # 2-core machine passive waiting made token generation 10-18 times faster (measured).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from sftkit.checkpoints import load_pretrained
     from sftkit.device import pick_device
     from sftkit.errors import SftkitError
