@@ -164,26 +164,6 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
 
 
 @torch.inference_mode()
-def stream(model: torch.nn.Module, prompt: Sequence[int],
-           config: GenerationConfig = GenerationConfig(),
-           decode: Callable[[Sequence[int]], str] | None = None) -> Iterator[int]:
-    """Yield the new tokens of one prompt as they are generated (for chat and serving)."""
-    was_training = model.training
-    model.eval()
-    generator = None
-    if config.seed is not None:
-        generator = torch.Generator(device=next(model.parameters()).device)
-        generator.manual_seed(config.seed)
-    try:
-        for _, token in _stream_batch(model, [prompt], config, generator,
-                                      _stop_string_check(config.stop_strings, decode)):
-            if token is not None:
-                yield token
-    finally:
-        model.train(was_training)
-
-
-@torch.inference_mode()
 def stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                  config: GenerationConfig = GenerationConfig(),
                  should_stop: Callable[[int, list[int]], bool] | None = None
@@ -207,6 +187,16 @@ def stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
         yield from _stream_batch(model, prompts, config, generator, should_stop)
     finally:
         model.train(was_training)
+
+
+def stream(model: torch.nn.Module, prompt: Sequence[int],
+           config: GenerationConfig = GenerationConfig(),
+           decode: Callable[[Sequence[int]], str] | None = None) -> Iterator[int]:
+    """Yield the new tokens of one prompt as they are generated (for chat and serving)."""
+    should_stop = _stop_string_check(config.stop_strings, decode)
+    for _, token in stream_batch(model, [prompt], config, should_stop):
+        if token is not None:
+            yield token
 
 
 def _stop_string_check(stop_strings: Sequence[str],

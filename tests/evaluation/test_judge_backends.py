@@ -77,7 +77,7 @@ def test_ollama_request_uses_the_reference_options(fake_server):
     body = fake_server.chat_bodies[0]
     assert body["model"] == "llama3" and body["stream"] is False
     assert body["messages"] == [{"role": "user", "content": "Respond with 85."}]
-    assert body["options"] == {"seed": 123, "temperature": 0, "num_ctx": 2048}
+    assert body["options"] == {"seed": 123, "temperature": 0, "num_ctx": 2048, "num_predict": 64}
 
 
 async def _complete_once(backend: Backend, prompt: str) -> str:

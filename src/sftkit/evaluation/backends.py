@@ -2,7 +2,7 @@
 
 - `ollama:MODEL` — `ollama.AsyncClient` against `--host`, `$OLLAMA_HOST` or
   http://localhost:11434, with the reference options (`seed` 123, `temperature` 0, `num_ctx`
-  2048) on `/api/chat`, as the book's `query_model`.
+  2048) on `/api/chat`, as the book's `query_model`, and at most 64 reply tokens.
 - `openai:MODEL` — `openai.AsyncOpenAI` against any OpenAI-compatible server (`--base-url`, e.g.
   Ollama's http://localhost:11434/v1, llama.cpp's server, vLLM); `temperature` 0, `seed` 123; the
   key from `$OPENAI_API_KEY`, or a placeholder local servers ignore.
@@ -34,8 +34,12 @@ DEFAULT_OLLAMA_HOST = "http://localhost:11434"
 DEFAULT_JUDGE_MODEL = "llama3"
 BACKENDS = ("ollama", "openai")
 #: The reference's request options (the book's `query_model`).
-OLLAMA_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048}
-OPENAI_OPTIONS = {"seed": 123, "temperature": 0}
+# The reply is one integer; a judge that rambles past JUDGE_MAX_TOKENS fails parsing anyway,
+# so there is no point waiting for it (a small local judge can otherwise talk for minutes).
+JUDGE_MAX_TOKENS = 64
+OLLAMA_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048,
+                  "num_predict": JUDGE_MAX_TOKENS}
+OPENAI_OPTIONS = {"seed": 123, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS}
 #: Pre-flight must not hang an offline `sftkit run`.
 PREFLIGHT_TIMEOUT_S = 2.0
 LOCAL_API_KEY = "sftkit-local"  # OpenAI-compatible local servers need some key, and ignore it
