@@ -144,7 +144,8 @@ def _respond(context: RunContext, out: Path, label: str) -> None:
                                      _generation_config(context), progress=bar.update)
     seconds = time.perf_counter() - started
     write_json_atomic(out, entries)
-    context.timings[f"{label}_generate_s"] = round(seconds, 1)
+    context.timings["generate_s" if label == "generate" else f"{label}_generate_s"] = round(
+        seconds, 1)
     context.log(f"[{label}] {len(entries)} answers in {seconds:.1f} s → {out}")
 
 

@@ -140,7 +140,7 @@ def _training(run_dir: Path, evaluation: Any) -> str:
     labels = {"train_s": "training time (s)",
               "train_supervised_tokens_per_s": "throughput (supervised tokens/s)",
               "baseline_generate_s": "generation before (s)",
-              "generate_generate_s": "generation after (s)"}
+              "generate_s": "generation after (s)"}
     rows += [(label, timings[key]) for key, label in labels.items() if key in timings]
     rows += [(f"{key} (s)" if key.endswith("_s") else key, value)
              for key, value in timings.items() if key not in labels]
