@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean bench
 
 $(RUNTIME): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ run: $(RUNTIME)
 test: $(TESTDEPS)
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
+
+# Side-by-side benchmark (benchmarks/RESULTS.md); e.g.
+#   make bench BENCH_ARGS="--data ../shared/data/instruction-data.json"
+bench: $(TESTDEPS)
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

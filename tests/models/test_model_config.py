@@ -108,3 +108,18 @@ def test_llama_needs_hidden_dim():
     with pytest.raises(SftkitError, match="hidden_dim"):
         ModelConfig(family="llama", vocab_size=10, context_length=8, emb_dim=8, n_layers=1,
                     n_heads=2)
+
+
+def test_fresh_models_use_the_gpt2_initialisation():
+    torch.manual_seed(0)
+    for preset, overrides in (("gpt2", {}), ("smollm2-135m", {"hidden_dim": 128,
+                                                              "n_kv_heads": 2})):
+        model = build_model(ModelConfig.from_name(preset, n_layers=2, emb_dim=64, n_heads=4,
+                                                  vocab_size=500, **overrides))
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                assert torch.all(parameter == 1), name
+            elif name.endswith("bias"):
+                assert torch.all(parameter == 0), name
+            else:
+                assert abs(float(parameter.detach().std()) - 0.02) < 0.004, name

@@ -38,6 +38,7 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.batch_size = batch_size
         self.max_len = max_len
+        self.filled = 0  # one past the highest position written
 
     def update(self, layer: int, positions: Positions, key: torch.Tensor,
                value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,20 +50,26 @@ class KVCache:
                 f"positions, the call needs {batch} sequences up to position {positions.end}"
             )
         keys, values = self.keys[layer], self.values[layer]
+        self.filled = max(self.filled, positions.end)
         keys[:batch].index_copy_(2, positions.index, key.to(keys.dtype))
         values[:batch].index_copy_(2, positions.index, value.to(values.dtype))
         return keys[:batch, :, : positions.end], values[:batch, :, : positions.end]
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the sequences `rows` (B',) in this order: finished ones leave the batch."""
-        self.keys = [tensor.index_select(0, rows) for tensor in self.keys]
-        self.values = [tensor.index_select(0, rows) for tensor in self.values]
-        self.batch_size = int(rows.numel())
+        """Keep only the sequences `rows` (B',) in this order: finished ones leave the batch.
+
+        The kept rows move to the front of the same buffers, and only the positions written so
+        far are copied (a fresh copy of the whole preallocated cache cost up to seconds)."""
+        count, end = int(rows.numel()), self.filled
+        for tensor in (*self.keys, *self.values):
+            tensor[:count, :, :end] = tensor[rows, :, :end]
+        self.batch_size = count
 
     def reset(self) -> None:
         """Forget every stored position (a new generation can then start at position 0)."""
         for tensor in (*self.keys, *self.values):
             tensor.zero_()
+        self.filled = 0
 
 
 @dataclass(frozen=True)
