@@ -119,10 +119,10 @@ def read_hf_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         return _read_shards(index, _load_safetensors)
     bin_file = directory / "pytorch_model.bin"
     if bin_file.is_file():
-        return _torch_load(bin_file)
+        return _load_weights_only_pickle(bin_file)
     bin_index = directory / "pytorch_model.bin.index.json"
     if bin_index.is_file():
-        return _read_shards(bin_index, _torch_load)
+        return _read_shards(bin_index, _load_weights_only_pickle)
     raise SftkitError(f"{directory}: no model.safetensors, model.safetensors.index.json or "
                       "pytorch_model.bin in this directory")
 
@@ -151,7 +151,7 @@ def _read_shards(index: Path, read) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+def _load_weights_only_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refuses anything but tensors and containers
