@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fields", help="field names of the file, e.g. "
                                          "instruction=prompt,output=completion")
     parser.add_argument("--style", default="alpaca", help="prompt style: alpaca, phi3, chatml")
-    parser.add_argument("--tokenizer", default="gpt2", help="tokenizer name (default gpt2)")
+    parser.add_argument("--tokenizer", default="gpt2",
+                        help="gpt2 (default) or smollm2 (read from the embedded GGUF)")
     parser.add_argument("--out", required=True, help="directory for train/val/test.json")
     parser.add_argument("--train-fraction", type=float, default=0.85)
     parser.add_argument("--test-fraction", type=float, default=0.10)
