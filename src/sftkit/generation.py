@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,21 @@ def _stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                        pad_lengths=pad_lengths)[:, -1]
 
 
+@contextlib.contextmanager
+def _generating(model: torch.nn.Module, seed: int | None
+                ) -> Iterator[torch.Generator | None]:
+    """Eval mode for the duration (dropout off), and the sampling generator for `seed`."""
+    was_training = model.training
+    model.eval()
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    try:
+        yield generator
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
              config: GenerationConfig = GenerationConfig(),
@@ -139,16 +155,10 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     Prompts are batched `config.batch_size` at a time, longest first (less padding).
     `decode` is needed for `config.stop_strings`; `progress(n)` is called as n prompts finish.
     """
-    was_training = model.training
-    model.eval()
-    generator = None
-    if config.seed is not None:
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(config.seed)
     stop_check = _stop_string_check(config.stop_strings, decode)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
-    try:
+    with _generating(model, config.seed) as generator:
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
             for row, token in _stream_batch(model, [prompts[i] for i in batch], config,
@@ -158,8 +168,6 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                         progress(1)
                 else:
                     results[batch[row]].append(token)
-    finally:
-        model.train(was_training)
     return results
 
 
@@ -177,16 +185,8 @@ def stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     >>> for row, token in stream_batch(model, [ids_a, ids_b], config):  # doctest: +SKIP
     ...     print(row, token)
     """
-    was_training = model.training
-    model.eval()
-    generator = None
-    if config.seed is not None:
-        generator = torch.Generator(device=next(model.parameters()).device)
-        generator.manual_seed(config.seed)
-    try:
+    with _generating(model, config.seed) as generator:
         yield from _stream_batch(model, prompts, config, generator, should_stop)
-    finally:
-        model.train(was_training)
 
 
 def stream(model: torch.nn.Module, prompt: Sequence[int],

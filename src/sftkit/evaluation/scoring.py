@@ -374,16 +374,22 @@ def plot_histogram(scores: Sequence[int], path: Path, title: str = "") -> Path |
     return path
 
 
+def read_eval(path: Path) -> dict[str, Any]:
+    """The JSON object in a run's `eval.json` ({} when there is none yet)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SftkitError(f"{path}: not valid JSON ({error}); fix or delete it") from None
+    if not isinstance(data, dict):
+        raise SftkitError(f"{path}: expected a JSON object")
+    return data
+
+
 def merge_into_eval(path: Path, key: str, value: Any) -> dict[str, Any]:
     """Set `key` of the JSON object in `path` (read-modify-write, atomic; others kept)."""
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SftkitError(f"{path}: not valid JSON ({error}); fix or delete it") from None
-        if not isinstance(data, dict):
-            raise SftkitError(f"{path}: expected a JSON object")
+    data = read_eval(path)
     data[key] = value
     write_json_atomic(path, data)
     return data

@@ -16,27 +16,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from sftkit.errors import SftkitError
 
 if TYPE_CHECKING:  # pipeline.py imports this module: no import cycle at run time
     from sftkit.pipeline import RunContext
 
 AUTO = "auto"
 NONE = "none"
-
-
-def _read_eval(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SftkitError(f"{path}: not valid JSON ({error}); fix or delete it") from None
-    return data if isinstance(data, dict) else {}
 
 
 def _skip(context: RunContext, judge: str, reason: str) -> dict[str, Any]:
@@ -57,14 +44,20 @@ def stage_judge(context: RunContext) -> dict[str, Any] | None:
     """Judge `<run>/responses.json`; return the updated eval.json contents."""
     from sftkit.evaluation.backends import PREFLIGHT_TIMEOUT_S, JudgeUnavailable, make_backend
     from sftkit.evaluation.judge import format_summary
-    from sftkit.evaluation.scoring import SCORES_FILE, judge_target, resolve_judge, resolve_target
+    from sftkit.evaluation.scoring import (
+        SCORES_FILE,
+        judge_target,
+        read_eval,
+        resolve_judge,
+        resolve_target,
+    )
 
     config = context.config.evaluate
     eval_path = context.path("eval.json")
     if config.judge == NONE:
         return _skip(context, NONE, "evaluate.judge = none")
     spec = resolve_judge(config.judge)
-    existing = _read_eval(eval_path).get("judge")
+    existing = read_eval(eval_path).get("judge")
     if _complete(existing, str(spec), context.path(SCORES_FILE)):
         context.log(f"[judge] done already: {context.path(SCORES_FILE)}")
         return None
@@ -88,7 +81,7 @@ def stage_judge(context: RunContext) -> dict[str, Any] | None:
                               preflight=False)
     context.log(format_summary(result.summary))
     context.log(f"[judge] → {context.path(SCORES_FILE)}, {eval_path}")
-    return _read_eval(eval_path)
+    return read_eval(eval_path)
 
 
 def stage_report(context: RunContext) -> None:

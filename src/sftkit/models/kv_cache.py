@@ -149,3 +149,16 @@ def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     mask = positions.key_mask(key.shape[2])
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p,
                                           **gqa)
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+           positions: Positions, kv_cache: KVCache | None, layer: int,
+           dropout_p: float) -> torch.Tensor:
+    """Store the new keys/values in the cache (if any), attend, and merge the heads:
+    (B, H, T, D) queries → (B, T, H * D)."""
+    if kv_cache is not None:
+        key, value = kv_cache.update(layer, positions, key, value)
+    out = causal_attention(query, key, value, positions=positions, cached=kv_cache is not None,
+                           dropout_p=dropout_p)
+    batch, heads, length, head_dim = out.shape
+    return out.transpose(1, 2).reshape(batch, length, heads * head_dim)

@@ -25,7 +25,7 @@ from torch import nn
 
 from sftkit.models.base import DecoderModel
 from sftkit.models.config import ModelConfig
-from sftkit.models.kv_cache import KVCache, Positions, causal_attention
+from sftkit.models.kv_cache import KVCache, Positions, attend
 
 
 class RMSNorm(nn.Module):
@@ -87,11 +87,8 @@ class LlamaAttention(nn.Module):
         k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer, positions, k, v)
-        out = causal_attention(q, k, v, positions=positions, cached=kv_cache is not None,
-                               dropout_p=self.drop_rate if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, emb))
+        return self.out_proj(attend(q, k, v, positions=positions, kv_cache=kv_cache, layer=layer,
+                                    dropout_p=self.drop_rate if self.training else 0.0))
 
 
 class SwiGLU(nn.Module):

@@ -140,9 +140,7 @@ class Trainer:
         progress = load_checkpoint(checkpoint, self.model, self.optimizer)
         self.log(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})")
         if self.metrics_path.exists():
-            rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines()
-                    if line.strip()]
-            kept = [row for row in rows if row["step"] <= progress.step]
+            kept = [row for row in self.read_metrics() if row["step"] <= progress.step]
             self.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         return progress
 
