@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -38,8 +40,6 @@ def supervised_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, targets: t
 def mean_loss(model: torch.nn.Module, batches, max_batches: int | None = None,
               device: torch.device | None = None, autocast=None) -> float:
     """Mean loss per supervised token over (up to `max_batches` of) `batches`."""
-    import contextlib
-
     total = 0.0
     count = 0
     for index, (inputs, targets) in enumerate(batches):
