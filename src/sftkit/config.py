@@ -103,6 +103,13 @@ class TrainConfig:
     """Save a resumable checkpoint every this many steps (0 = only at the end / on Ctrl-C)."""
     keep_checkpoints: int = 2
     drop_rate: float = 0.0
+    step_in_backward: bool = True
+    """Update each parameter during backward as soon as its gradient is ready, then free the
+    gradient (a weight-sized copy less in memory; the same updates). Used only when a step is
+    one batch without clipping (grad_accum 1, grad_clip 0); otherwise the usual step."""
+    activation_checkpointing: bool = False
+    """Keep only each block's input and recompute the rest in backward: much less activation
+    memory for about a third more compute."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batches", "keep_checkpoints"):

@@ -69,7 +69,7 @@ def test_gradient_accumulation_equals_a_bigger_batch(char_tokenizer, tmp_path, m
     # Plain SGD: Adam would blow up the float noise of gradients that are zero in exact
     # arithmetic (GPT-2's key bias) into full-size steps.
     monkeypatch.setattr(loop_module, "make_optimizer",
-                        lambda model, config, device: torch.optim.SGD(model.parameters(), 0.1))
+                        lambda model, **_: torch.optim.SGD(model.parameters(), 0.1))
     common = dict(epochs=1, max_steps=2, group_by_length=False, eval_every=0, lr=1e-2)
     big = make_trainer(char_tokenizer, tmp_path / "big", batch_size=8, **common)
     small = make_trainer(char_tokenizer, tmp_path / "small", batch_size=4, grad_accum=2,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sftkit.models.config import ModelConfig
 from sftkit.models.kv_cache import KVCache
@@ -17,6 +18,15 @@ class DecoderModel(nn.Module):
     config: ModelConfig
     tok_emb: nn.Embedding
     lm_head: nn.Linear
+    activation_checkpointing: bool = False
+    """In training, keep only each block's input and recompute its activations in backward."""
+
+    def run_block(self, block: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+        """`block(x, *args)`, checkpointed when `activation_checkpointing` is on and a backward
+        pass will follow."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, *args, use_reentrant=False)
+        return block(x, *args)
 
     def forward_hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
                        input_pos: int | torch.Tensor | None = None,
@@ -48,8 +58,15 @@ class DecoderModel(nn.Module):
         self.tie_weights()
 
     def tie_weights(self) -> None:
+        """Share the output head's weight with the token embedding (when configured).
+
+        A tied embedding's lookup then gives a sparse gradient (only the rows of the batch's
+        tokens), which autograd adds into the head's dense gradient in place: no second
+        vocab-sized gradient is made, zero-filled and summed on every step.
+        """
         if self.config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+            self.tok_emb.sparse = True
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied head counts once)."""

@@ -93,5 +93,5 @@ class GPTModel(DecoderModel):
                                       self.config.context_length, pad_lengths)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(positions.token_positions))
         for layer, block in enumerate(self.blocks):
-            x = block(x, positions, kv_cache, layer)
+            x = self.run_block(block, x, positions, kv_cache, layer)
         return self.final_norm(x)

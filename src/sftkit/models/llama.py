@@ -140,5 +140,5 @@ class LlamaModel(DecoderModel):
         rope = rope_cos_sin(positions.token_positions, self.config.head_dim,
                             self.config.rope_theta, x.dtype)
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, positions, kv_cache, layer)
+            x = self.run_block(block, x, rope, positions, kv_cache, layer)
         return self.final_norm(x)

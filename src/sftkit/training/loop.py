@@ -34,6 +34,7 @@ from sftkit.training.checkpointing import (
     save_checkpoint,
 )
 from sftkit.training.loss import mean_loss, supervised_loss_sum
+from sftkit.training.optim import make_optimizer
 from sftkit.training.plots import plot_losses
 from sftkit.training.schedule import LRSchedule
 
@@ -50,16 +51,6 @@ class TrainResult:
     def supervised_tokens_per_second(self) -> float:
         seconds = self.progress.train_seconds
         return self.progress.supervised_tokens / seconds if seconds else 0.0
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig,
-                   device: torch.device) -> torch.optim.Optimizer:
-    """AdamW as the reference (weight decay on every parameter); fused kernels where torch
-    has them for the device."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
-                             fused=fused)
 
 
 class Trainer:
@@ -104,9 +95,14 @@ class Trainer:
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         self.schedule = LRSchedule(config.lr, self.total_steps, config.warmup_steps,
                                    config.schedule, config.min_lr_ratio)
-        self.optimizer = make_optimizer(self.model, config, self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.precision == "fp16" and self.device.type == "cuda")
+        self.step_in_backward = (config.step_in_backward and config.grad_accum == 1
+                                 and not config.grad_clip and not self.scaler.is_enabled())
+        self.optimizer = make_optimizer(self.model, lr=config.lr,
+                                        weight_decay=config.weight_decay, device=self.device,
+                                        in_backward=self.step_in_backward)
+        self.model.activation_checkpointing = config.activation_checkpointing
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -174,21 +170,17 @@ class Trainer:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             with self._autocast():
                 loss_sum, _ = supervised_loss_sum(self.model, inputs, targets)
+            loss_value = float(loss_sum.detach())
+            if not math.isfinite(loss_value):  # before backward, which may update weights
+                self._stop_on_non_finite(loss_value, progress)
             # Dividing by the whole step's token count makes k micro-batches one big batch.
             self.scaler.scale(loss_sum / step_tokens).backward()
-            loss_total += float(loss_sum.detach())
+            loss_total += loss_value
             progress.tokens_seen += inputs.numel()
             progress.examples_seen += inputs.shape[0]
             if self.device.type == "mps":
                 torch.mps.empty_cache()
         step_loss = loss_total / step_tokens
-        if not math.isfinite(step_loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            last = latest_checkpoint(self.checkpoints_dir)
-            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
-            raise SftkitError(f"the training loss became {step_loss} at step "
-                              f"{progress.step + 1}; stopping ({kept}). Try a lower learning "
-                              "rate, gradient clipping (train.grad_clip) or fp32")
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -200,8 +192,26 @@ class Trainer:
         progress.supervised_tokens += step_tokens
         return step_loss
 
+    def _stop_on_non_finite(self, loss: float, progress: TrainProgress) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        last = latest_checkpoint(self.checkpoints_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
+        raise SftkitError(f"the training loss became {loss} at step {progress.step + 1}; "
+                          f"stopping ({kept}). Try a lower learning rate, gradient clipping "
+                          "(train.grad_clip) or fp32")
+
     def fit(self, resume: bool = True) -> TrainResult:
         """Train to the end (or to `max_steps`), resuming from the latest checkpoint."""
+        in_backward = getattr(self.optimizer, "attach", None) is not None
+        if in_backward:
+            self.optimizer.attach()
+        try:
+            return self._fit(resume)
+        finally:
+            if in_backward:  # later backward passes on this model must not train it
+                self.optimizer.detach()
+
+    def _fit(self, resume: bool) -> TrainResult:
         config = self.config
         progress = self._resume() if resume else TrainProgress()
         if not resume:
