@@ -7,12 +7,11 @@ import copy
 
 import pytest
 import torch
+from test_loop import make_trainer, tiny_model
 
 from sftkit.models import ModelConfig, build_model
 from sftkit.training.loss import supervised_loss_sum
 from sftkit.training.optim import BackwardStepAdamW
-
-from test_loop import make_trainer, tiny_model
 
 
 def model_and_batches(seed=0, steps=4):
