@@ -113,8 +113,9 @@ def section_train(args, report: Report, tmp: Path) -> None:
 
 def section_levers(args, report: Report) -> None:
     data = DataSpec()
-    levers = ["no-grouping", "full-logits", "plain-adamw", "foreach-adamw", "bf16",
-              "checkpointing", "threads"] + (["compile"] if args.compile else [])
+    levers = ["no-grouping", "unfused-head", "dense-embedding-grad", "no-step-in-backward",
+              "full-logits", "plain-adamw", "foreach-adamw", "bf16", "checkpointing",
+              "threads"] + (["compile"] if args.compile else [])
     # Groups of three levers beside the defaults: at most four models in memory at once.
     for start in range(0, len(levers), 3):
         chosen = levers[start:start + 3]
@@ -130,7 +131,8 @@ def section_levers(args, report: Report) -> None:
 def section_memory(args, report: Report) -> None:
     data = datasets(args)[-1]
     rows = []
-    for kind, lever in (("sftkit", ""), ("sftkit", "checkpointing"), ("baseline", "")):
+    for kind, lever in (("sftkit", ""), ("sftkit", "checkpointing"),
+                        ("sftkit", "no-step-in-backward"), ("baseline", "")):
         one = spec(args, kind, args.memory_model, data, lever=lever, longest_batch=True)
         print(f"\n## memory: {one.label}, {args.memory_model}, batch 8 of the longest "
               f"examples of {data.label}")

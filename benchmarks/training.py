@@ -33,6 +33,10 @@ LEVERS = {
     "": "sftkit defaults",
     "no-grouping": "length grouping off",
     "full-logits": "head + cross-entropy at every position (not only supervised ones)",
+    "unfused-head": "head + cross-entropy as two ops with whole logits (not the fused, chunked "
+                    "step)",
+    "dense-embedding-grad": "a dense gradient for the tied embedding's lookup (not sparse)",
+    "no-step-in-backward": "AdamW stepped after backward (not inside it)",
     "plain-adamw": "plain AdamW (foreach=False, fused=False) instead of fused",
     "foreach-adamw": "foreach AdamW instead of fused",
     "bf16": "bf16 autocast instead of the measured choice (fp32 here)",
@@ -162,6 +166,7 @@ class BaselineRunner(Runner):
 
         super().__init__(spec)
         self.model = build_weights(spec)
+        self.model.tok_emb.sparse = False  # nn.Embedding's default, as in the book's model
         self.model.train()
         self.optimizer = make_plain_adamw(self.model, spec.lr)
 
@@ -218,13 +223,17 @@ class SftkitRunner(Runner):
         model.train()
         if self.lever == "full-logits":
             loop.supervised_loss_sum = _full_logits_loss_sum
-        if self.lever == "checkpointing":
-            _checkpoint_blocks(model)
+        if self.lever == "unfused-head":
+            loop.supervised_loss_sum = _unfused_loss_sum
+        if self.lever == "dense-embedding-grad":
+            model.tok_emb.sparse = False
         if self.lever == "compile":
             model.forward_hidden = torch.compile(model.forward_hidden, dynamic=True)
         config = TrainConfig(batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                              eval_every=0, checkpoint_every=0, sample_every_epoch=False,
                              group_by_length=self.lever != "no-grouping",
+                             step_in_backward=self.lever != "no-step-in-backward",
+                             activation_checkpointing=self.lever == "checkpointing",
                              precision="bf16" if self.lever == "bf16" else "auto")
         self._tmp = tempfile.TemporaryDirectory(prefix="sftkit-bench-")
         self.trainer = loop.Trainer(model, self.train, self.val, config, run_dir=self._tmp.name,
@@ -279,17 +288,14 @@ def _full_logits_loss_sum(model, inputs, targets):
     return loss, (targets != -100).sum()
 
 
-def _checkpoint_blocks(model: torch.nn.Module) -> None:
-    """Recompute each block's activations in the backward pass instead of keeping them."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.blocks:
-        forward = block.forward
-
-        def checkpointed(*args, _forward=forward):
-            return checkpoint(_forward, *args, use_reentrant=False)
-
-        block.forward = checkpointed
+def _unfused_loss_sum(model, inputs, targets):
+    """The head at supervised positions, then cross-entropy: whole logits, log-softmax and
+    their gradients in memory (the lever sftkit's fused head removes)."""
+    hidden = model.forward_hidden(inputs)
+    supervised = targets != -100
+    logits = model.lm_head(hidden[supervised])
+    loss = torch.nn.functional.cross_entropy(logits, targets[supervised], reduction="sum")
+    return loss, supervised.sum()
 
 
 @torch.no_grad()
