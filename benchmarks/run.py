@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a JSON/JSONL instruction file (e.g. the book's "
                         "instruction-data.json), measured beside the embedded data")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes")
     parser.add_argument("--only", choices=SECTIONS, action="append",

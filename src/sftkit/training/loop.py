@@ -1,7 +1,8 @@
 """The fine-tuning loop (step 7.6) with what a real run needs: gradient accumulation with an
 exact token-mean loss, clipping, warmup + cosine, periodic train/validation loss, a progress
 bar, `metrics.jsonl`, `loss.png`, atomic resumable checkpoints, clean Ctrl-C, and a stop on a
-non-finite loss.
+non-finite loss. Where a step is one batch without clipping, AdamW runs inside the backward
+pass (`training/optim.py`), so the model's gradients are never all in memory at once.
 
 Example:
     >>> trainer = Trainer(model, train_data, val_data, TrainConfig(epochs=1),  # doctest: +SKIP
