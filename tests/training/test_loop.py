@@ -70,7 +70,8 @@ def test_gradient_accumulation_equals_a_bigger_batch(char_tokenizer, tmp_path, m
     # arithmetic (GPT-2's key bias) into full-size steps.
     monkeypatch.setattr(loop_module, "make_optimizer",
                         lambda model, **_: torch.optim.SGD(model.parameters(), 0.1))
-    common = dict(epochs=1, max_steps=2, group_by_length=False, eval_every=0, lr=1e-2)
+    common = dict(epochs=1, max_steps=2, group_by_length=False, eval_every=0, lr=1e-2,
+                  step_in_backward=False)
     big = make_trainer(char_tokenizer, tmp_path / "big", batch_size=8, **common)
     small = make_trainer(char_tokenizer, tmp_path / "small", batch_size=4, grad_accum=2,
                          **common)

@@ -47,6 +47,11 @@ def test_fused_head_without_grad_and_with_no_rows():
     expected = F.cross_entropy(head(hidden), targets, reduction="sum")
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-5)
 
+    with torch.no_grad(), torch.profiler.profile() as profiler:
+        head_cross_entropy(hidden, head, targets, chunk_rows=4)
+    matmuls = sum(event.count for event in profiler.key_averages() if event.key == "aten::mm")
+    assert matmuls == 2  # the logits of the two chunks; no gradients under no_grad
+
     empty = torch.zeros(0, 8, requires_grad=True)
     loss = head_cross_entropy(empty, head, torch.zeros(0, dtype=torch.long))
     loss.backward()

@@ -203,13 +203,12 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> TrainResult:
         """Train to the end (or to `max_steps`), resuming from the latest checkpoint."""
-        in_backward = getattr(self.optimizer, "attach", None) is not None
-        if in_backward:
+        if self.step_in_backward:
             self.optimizer.attach()
         try:
             return self._fit(resume)
         finally:
-            if in_backward:  # later backward passes on this model must not train it
+            if self.step_in_backward:  # later backward passes on this model must not train it
                 self.optimizer.detach()
 
     def _fit(self, resume: bool) -> TrainResult:

@@ -52,8 +52,11 @@ class _HeadCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weight.T + bias, target_i), with the gradients made in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows):
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows, grad_enabled):
+        # `needs_input_grad` says True for a parameter even under no_grad (evaluation), where
+        # making the gradients would only waste two vocab-sized matmuls per chunk.
+        need_hidden, need_weight, need_bias = (
+            grad_enabled and need for need in ctx.needs_input_grad[:3])
         rows, vocab = hidden.shape[0], weight.shape[0]
         chunk = max(1, min(rows, chunk_rows))
         scratch = _logits_buffer(chunk * vocab, hidden)
@@ -96,10 +99,10 @@ class _HeadCrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss):
         grads = ctx.grads
-        del ctx.grads  # the caller gets the only reference: autograd can keep it as `.grad`
+        del ctx.grads  # not kept alive by the graph once backward is done
         if not bool(grad_loss == 1):
             grads = tuple(None if grad is None else grad.mul_(grad_loss) for grad in grads)
-        return *grads, None, None
+        return *grads, None, None, None
 
 
 def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
@@ -124,7 +127,8 @@ def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: tor
         return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
     if chunk_rows is None:
         chunk_rows = max(16, CHUNK_BYTES // (weight.shape[0] * weight.element_size()))
-    return _HeadCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows)
+    return _HeadCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows,
+                                   torch.is_grad_enabled())
 
 
 def supervised_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
