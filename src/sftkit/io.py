@@ -3,9 +3,23 @@
 A crash or Ctrl-C never leaves a half-written output behind; readers see the old file or the
 new one.
 
+Outputs get the permissions a plain `open()` or `mkdir()` would give them (the user's umask),
+not the private mode of the temp files they are staged in.
+
 Example:
-    >>> with atomic_path("out/model.safetensors") as temp:  # doctest: +SKIP
-    ...     save_file(tensors, temp)
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> out = Path(tempfile.mkdtemp()) / "run"
+    >>> with atomic_directory(out) as staging:
+    ...     write_json_atomic(staging / "eval.json", {"exact_match": 0.61})
+    >>> print((out / "eval.json").read_text(), end="")
+    {
+        "exact_match": 0.61
+    }
+    >>> with atomic_path(out / "notes.txt") as temp:
+    ...     _ = temp.write_text("kept")
+    >>> sorted(p.name for p in out.iterdir())
+    ['eval.json', 'notes.txt']
 """
 
 from __future__ import annotations
@@ -20,6 +34,13 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
@@ -29,9 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(handle)
     temp = Path(temp_name)
     # mkstemp makes the file private (0600); give it the mode a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
+    os.chmod(temp, 0o666 & ~current_umask())
     try:
         yield temp
         os.replace(temp, path)
@@ -40,6 +59,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path`, atomically."""
     with atomic_path(path) as temp:
         temp.write_text(text, encoding="utf-8")
 
@@ -60,6 +80,8 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp",
                                     dir=directory.parent))
+    # mkdtemp makes the directory private (0700); give it the mode a plain mkdir() would.
+    os.chmod(staging, 0o777 & ~current_umask())
     try:
         yield staging
         if directory.exists():
