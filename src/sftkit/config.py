@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import functools
 import inspect
 import json
 import math
@@ -250,8 +249,9 @@ class RunConfig:
         >>> print(RunConfig.load(None, ["name=demo"]).to_toml().splitlines()[0])
         name = "demo"
         """
-        sections = [(item.name, getattr(self, item.name)) for item in dataclasses.fields(self)]
-        blocks = [("", self)] + [(name, v) for name, v in sections if dataclasses.is_dataclass(v)]
+        hints = get_type_hints(RunConfig)
+        blocks: list[tuple[str, Any]] = [("", self)]
+        blocks += [(name, getattr(self, name)) for name in hints if section_type(hints[name])]
         lines = []
         for title, section in blocks:
             if title:
@@ -284,6 +284,11 @@ def resolve_config_file(spec: str | Path) -> Path:
 def packaged_recipes() -> list[str]:
     """Names of the run-config recipes shipped with sftkit (for `--config NAME`)."""
     return sorted(path.stem for path in RECIPES_DIR.glob("*.toml"))
+
+
+def section_type(hint: Any) -> type | None:
+    """The config dataclass a field's type hint names, if it is a section."""
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 def _require(condition: bool, message: str) -> None:
@@ -335,12 +340,13 @@ def _check_shape(cls: type, values: dict[str, Any], where: str, prefix: str = ""
         if key not in hints:
             raise SftkitError(f"{where}: unknown key {name}{_did_you_mean(key, hints, prefix)}")
         expected = hints[key]
-        if dataclasses.is_dataclass(expected):
+        section = section_type(expected)
+        if section:
             if not isinstance(value, dict):
-                example = dataclasses.fields(expected)[0].name
+                example = dataclasses.fields(section)[0].name
                 raise SftkitError(f"{where}: {name} is a section, not a value: set its keys, "
                                   f"e.g. {name}.{example}=... (or [{name}] in a config file)")
-            _check_shape(expected, value, where, f"{name}.")
+            _check_shape(section, value, where, f"{name}.")
         elif isinstance(value, dict):
             raise SftkitError(f"{where}: {name} is a value ({expected.__name__}), "
                               "not a section")
@@ -377,8 +383,9 @@ def _build(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> A
     kwargs = {}
     for name, value in values.items():
         expected = hints[name]
-        if dataclasses.is_dataclass(expected):
-            kwargs[name] = _build(expected, value, where, f"{prefix}{name}.")
+        section = section_type(expected)
+        if section:
+            kwargs[name] = _build(section, value, where, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, expected, f"{prefix}{name}", where)
     return cls(**kwargs)
@@ -428,13 +435,21 @@ def toml_value(value: Any) -> str:
 
 # --- documentation: the docstring under each field -------------------------------------------
 
-@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a config dataclass, on one line.
 
     >>> field_docs(TrainConfig)["max_steps"]
     'Stop after this many optimizer steps (0 = run all epochs).'
     """
+    if cls not in _FIELD_DOCS:
+        _FIELD_DOCS[cls] = _parse_field_docs(cls)
+    return _FIELD_DOCS[cls]
+
+
+_FIELD_DOCS: dict[type, dict[str, str]] = {}
+
+
+def _parse_field_docs(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):  # no source (a frozen build): the keys stay undocumented

@@ -17,7 +17,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
-from sftkit.config import PRESET_RECIPES, RunConfig, field_docs, toml_value
+from sftkit.config import PRESET_RECIPES, RunConfig, field_docs, section_type, toml_value
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ def config_keys(cls: type = RunConfig, prefix: str = "") -> list[ConfigKey]:
     defaults = cls()
     for item in dataclasses.fields(cls):
         expected = hints[item.name]
-        if dataclasses.is_dataclass(expected):
-            keys += config_keys(expected, f"{item.name}.")
+        section_class = section_type(expected)
+        if section_class:
+            keys += config_keys(section_class, f"{item.name}.")
             continue
         section = prefix.rstrip(".")
         recipes = {preset: recipe[section][item.name] for preset, recipe in PRESET_RECIPES.items()

@@ -13,7 +13,7 @@ from sftkit.data.dataset import InstructionDataset
 from sftkit.data.prompts import get_style
 from sftkit.data.records import (
     Splits,
-    format_indices,
+    capped_list,
     inspect_records,
     parse_field_mapping,
     split_indices,
@@ -90,5 +90,5 @@ def _check_replaceable(out: Path) -> None:
     others = sorted(path.name for path in out.iterdir()
                     if path.name not in PREPARED_FILES) if out.is_dir() else []
     if others:
-        raise SftkitError(f"--out {out} holds other files ({format_indices(others, 5)}); "
+        raise SftkitError(f"--out {out} holds other files ({capped_list(others, 5)}); "
                           "prepare replaces the whole directory, so give it an empty or new one")

@@ -190,18 +190,18 @@ class RecordReport:
         ):
             if indices:
                 lines.append(f"{len(indices)} record(s) with {label} "
-                             f"(indices {format_indices(indices)})")
+                             f"(indices {capped_list(indices)})")
         return lines
 
 
-def format_indices(indices: Sequence[int], limit: int = MAX_ERRORS_SHOWN) -> str:
-    """The first `limit` indices, then how many more.
+def capped_list(items: Sequence[object], limit: int = MAX_ERRORS_SHOWN) -> str:
+    """The first `limit` items (record indices, names), then how many more.
 
-    >>> format_indices(range(12), limit=3)
+    >>> capped_list(range(12), limit=3)
     '0, 1, 2, ... (9 more)'
     """
-    shown = ", ".join(map(str, indices[:limit]))
-    return shown + (f", ... ({len(indices) - limit} more)" if len(indices) > limit else "")
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def inspect_records(records: Sequence[Mapping[str, Any]]) -> RecordReport:
