@@ -37,18 +37,35 @@ COMMANDS: tuple[Command, ...] = (
             "sftkit.commands.generate"),
     Command("evaluate", "LLM-judge scores beside EM/ROUGE-L", "sftkit.commands.evaluate"),
     Command("serve", "serve a model over Ollama's and OpenAI's APIs", "sftkit.commands.serve"),
+    Command("config", "check a run config and print it resolved, with every key's documentation",
+            "sftkit.commands.config"),
 )
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless its help already speaks of it) and keeps the line
+    breaks of descriptions and epilogs (the config key tables)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.option_strings and not action.required and "default" not in text
+        if shown and action.default not in (None, argparse.SUPPRESS) and not isinstance(
+                action.default, bool):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sftkit",
         description="Supervised instruction fine-tuning of small decoder-only LLMs.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sftkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help,
+                                    formatter_class=HelpFormatter)
         sub.set_defaults(_module=command.module)
         _module(command).add_arguments(sub)
     return parser

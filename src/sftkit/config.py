@@ -2,7 +2,8 @@
 `section.field=value` arguments.
 
 Precedence: the dataclass defaults (the book's recipe), then the model preset's recipe
-(`PRESET_RECIPES`), then the TOML file, then the overrides.
+(`PRESET_RECIPES`), then the TOML file, then the overrides. The docstring under each field is
+its documentation: `sftkit train --help` and `sftkit config --show` print it.
 
 Example:
     >>> config = RunConfig.load(None, ["train.eval_every=10", "model.name=gpt2"])
@@ -10,12 +11,20 @@ Example:
     (2, 10, 'gpt2', 5e-05)
     >>> RunConfig.load().train.epochs  # the embedded default model's recipe
     1
+    >>> RunConfig.load("gpt2-medium-book").model.name  # a recipe shipped with sftkit
+    'gpt2-medium'
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import inspect
+import json
+import math
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -28,6 +37,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("constant", "cosine")
 
 #: Recipe defaults a model preset brings, applied before the config file and the overrides.
 #: GPT-2 keeps the reference recipe (the dataclass defaults). The embedded SmolLM2 trains for
@@ -36,7 +46,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRESET_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "smollm2-135m-instruct": {"train": {"epochs": 1, "eval_every": 25}},
 }
-SCHEDULES = ("constant", "cosine")
+
+#: Run-config files shipped inside the package; `--config NAME` finds `NAME.toml` here.
+RECIPES_DIR = Path(__file__).with_name("configs")
 
 
 @dataclass
@@ -50,7 +62,9 @@ class DataConfig:
     style: str = ""
     """Prompt style (`alpaca`, `phi3`, `chatml`); "" = the model preset's own."""
     train_fraction: float = 0.85
+    """Share of the records for training (the first ones, unless `split_seed` shuffles)."""
     test_fraction: float = 0.10
+    """Share of the records for the test split (after train); the rest is validation."""
     split_seed: int = -1
     """Shuffle with this seed before splitting; -1 keeps the file's order (the reference)."""
     max_length: int = 1024
@@ -71,18 +85,24 @@ class ModelArgs:
 @dataclass
 class TrainConfig:
     epochs: int = 2
+    """Passes over the training split."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0 = run all epochs)."""
     batch_size: int = 8
+    """Examples per micro-batch."""
     grad_accum: int = 1
     """Micro-batches per optimizer step; the loss is the mean over all their supervised
     tokens, so k micro-batches of b equal one batch of k*b."""
     lr: float = 5e-5
+    """AdamW learning rate (the peak, after warmup)."""
     weight_decay: float = 0.1
+    """AdamW weight decay."""
     warmup_steps: int = 0
+    """Steps of linear learning-rate warmup from 0."""
     schedule: str = "constant"
     """`constant` (the reference) or `cosine` (decay to `min_lr_ratio * lr` after warmup)."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule's final learning rate, as a share of `lr`."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 = off)."""
     mask_prompt: bool = False
@@ -92,17 +112,22 @@ class TrainConfig:
     eval_every: int = 5
     """Estimate train and validation loss every this many steps (0 = only at the end)."""
     eval_batches: int = 5
+    """Batches of each split the loss estimate averages over."""
     sample_every_epoch: bool = True
     """Print a sample answer for the first validation entry after every epoch."""
     seed: int = 123
+    """Seed of the batch order and of torch's generator (dropout) when training starts."""
     precision: str = "auto"
-    """`auto` picks bf16 where the hardware runs it faster than fp32 (measured on CPUs)."""
+    """`auto` picks bf16 where the hardware runs it faster than fp32 (measured on CPUs);
+    or `fp32`, `bf16`, `fp16`."""
     device: str = "auto"
     """`auto` (CUDA, then Apple MPS, then CPU), or a torch device string."""
     checkpoint_every: int = 100
     """Save a resumable checkpoint every this many steps (0 = only at the end / on Ctrl-C)."""
     keep_checkpoints: int = 2
+    """How many of the latest checkpoints to keep on disk."""
     drop_rate: float = 0.0
+    """Dropout probability in the model while training."""
     step_in_backward: bool = True
     """Update each parameter during backward as soon as its gradient is ready, then free the
     gradient (a weight-sized copy less in memory; the same updates). Used only when a step is
@@ -128,14 +153,18 @@ class TrainConfig:
 @dataclass
 class GenerateConfig:
     max_new_tokens: int = 256
+    """The most tokens one answer may have."""
     temperature: float = 0.0
-    """0 = greedy."""
+    """Sampling temperature; 0 = greedy."""
     top_k: int = 0
+    """Sample only from the k most likely tokens (0 = all)."""
     top_p: float = 1.0
+    """Sample only from the most likely tokens whose probabilities sum to p (1 = all)."""
     batch_size: int = 64
     """Prompts generated together; finished ones leave the batch, so a large batch mostly
     saves time (the long answers no longer hold up the short ones)."""
     seed: int = 123
+    """Seed of the sampler (when temperature > 0)."""
 
     def __post_init__(self) -> None:
         _require(self.max_new_tokens >= 1, "generate.max_new_tokens must be >= 1")
@@ -157,8 +186,11 @@ class EvaluateConfig:
     template: str = ""
     """A file holding the judge prompt template ("" = the reference prompt)."""
     concurrency: int = 4
+    """Judge requests in flight."""
     timeout: float = 120.0
+    """Seconds to wait for one judge reply."""
     retries: int = 3
+    """Retries of a judge request on connection errors, timeouts and server errors."""
 
     def __post_init__(self) -> None:
         _require(self.concurrency >= 1, "evaluate.concurrency must be >= 1")
@@ -171,6 +203,7 @@ class RunConfig:
     name: str = "default"
     """The run directory is `<runs_dir>/<name>/`."""
     runs_dir: str = "runs"
+    """The directory holding the run directories."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -184,43 +217,78 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None
              ) -> RunConfig:
-        """Defaults, then the TOML file (if any), then `section.field=value` overrides."""
+        """Defaults, then the preset's recipe, then the TOML file (a path, or the name of a
+        recipe shipped with sftkit), then `section.field=value` overrides.
+
+        Every mistake is a `SftkitError` naming the file or the override and the key:
+
+        >>> RunConfig.load(None, ["train.epoch=3"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sftkit.errors.SftkitError: override 'train.epoch=3': ... (did you mean train.epochs?)
+        """
+        where = "config"
         values: dict[str, Any] = {}
         if path is not None:
-            try:
-                values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise SftkitError(f"{path}: no such config file") from None
-            except tomllib.TOMLDecodeError as error:
-                raise SftkitError(f"{path}: invalid TOML: {error}") from None
+            file = resolve_config_file(path)
+            where = str(file)
+            values = _read_toml(file)
+            _check_shape(cls, values, where)
         for override in overrides or []:
-            key, sep, raw = override.partition("=")
-            if not sep:
-                raise SftkitError(f"override {override!r} is not of the form section.field=value")
-            _set_path(values, key.strip().split("."), _parse_value(raw.strip()))
-        section = values.get("model", {})
-        model = section.get("name", ModelArgs.name) if isinstance(section, dict) else None
-        recipe = PRESET_RECIPES.get(model, {}) if isinstance(model, str) else {}
-        for section, defaults in recipe.items():
-            values[section] = {**defaults, **values.get(section, {})}
-        return _build(cls, values, str(path or "config"))
+            _merge_into(values, _parse_override(override))
+        values = _merge_into(_preset_recipe(values), values)
+        return _build(cls, values, where)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_toml(self) -> str:
-        """The resolved config as TOML (what `runs/<name>/config.toml` holds)."""
+    def to_toml(self, comments: bool = False) -> str:
+        """The resolved config as TOML (what `runs/<name>/config.toml` holds); with
+        `comments`, each key is preceded by its documentation.
+
+        >>> print(RunConfig.load(None, ["name=demo"]).to_toml().splitlines()[0])
+        name = "demo"
+        """
+        hints = get_type_hints(RunConfig)
+        blocks: list[tuple[str, Any]] = [("", self)]
+        blocks += [(name, getattr(self, name)) for name in hints if section_type(hints[name])]
         lines = []
-        sections = []
-        for key, value in self.to_dict().items():
-            if isinstance(value, dict):
-                sections.append((key, value))
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
-        for section, items in sections:
-            lines.append(f"\n[{section}]")
-            lines.extend(f"{key} = {_toml_value(value)}" for key, value in items.items())
+        for title, section in blocks:
+            if title:
+                lines.append(f"\n[{title}]")
+            docs = field_docs(type(section)) if comments else {}
+            for name, value in vars(section).items():
+                if dataclasses.is_dataclass(value):
+                    continue
+                lines.extend(f"# {line}" for line in textwrap.wrap(docs.get(name, ""), 96))
+                lines.append(f"{name} = {toml_value(value)}")
         return "\n".join(lines) + "\n"
+
+
+def resolve_config_file(spec: str | Path) -> Path:
+    """The file `--config` names: an existing path, or a recipe shipped with sftkit.
+
+    >>> resolve_config_file("gpt2-medium-book").name
+    'gpt2-medium-book.toml'
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    recipe = RECIPES_DIR / f"{path.stem}.toml"
+    if path.name in (path.stem, recipe.name) and recipe.is_file():
+        return recipe
+    raise SftkitError(f"{spec}: no such config file (recipes shipped with sftkit: "
+                      f"{', '.join(packaged_recipes())})")
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the run-config recipes shipped with sftkit (for `--config NAME`)."""
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.toml"))
+
+
+def section_type(hint: Any) -> type | None:
+    """The config dataclass a field's type hint names, if it is a section."""
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 def _require(condition: bool, message: str) -> None:
@@ -228,58 +296,170 @@ def _require(condition: bool, message: str) -> None:
         raise SftkitError(message)
 
 
-def _parse_value(raw: str) -> Any:
-    """A TOML value if it parses as one (`1`, `true`, `"x"`, `1e-4`), else the raw string."""
+# --- reading: nested dicts of values from the file and the overrides --------------------------
+
+@dataclass(frozen=True)
+class _Override:
+    """A value given on the command line: parsed once the field's type is known."""
+
+    text: str  # the whole `section.field=value`, for messages
+    raw: str  # the value's text
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except tomllib.TOMLDecodeError as error:
+        raise SftkitError(f"{path}: invalid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise SftkitError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
+                          ) from None
+    except OSError as error:
+        raise SftkitError(f"{path}: cannot read the config file: {error.strerror}") from None
 
 
-def _set_path(values: dict[str, Any], keys: list[str], value: Any) -> None:
-    for key in keys[:-1]:
-        values = values.setdefault(key, {})
-        if not isinstance(values, dict):
-            raise SftkitError(f"override: {key!r} is not a section")
-    values[keys[-1]] = value
+def _parse_override(text: str) -> dict[str, Any]:
+    """`train.epochs=1` -> {"train": {"epochs": _Override(...)}}, checked against the schema."""
+    key, sep, raw = text.partition("=")
+    parts = [part.strip() for part in key.split(".")]
+    if not sep or not all(parts):
+        raise SftkitError(f"override {text!r} is not of the form section.field=value "
+                          "(e.g. train.epochs=1; see `sftkit train --help` for every key)")
+    value: Any = _Override(text, raw.strip())
+    for part in reversed(parts):
+        value = {part: value}
+    _check_shape(RunConfig, value, f"override {text!r}")
+    return value
+
+
+def _check_shape(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Every key known, every section a table and every value not one."""
+    hints = get_type_hints(cls)
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            raise SftkitError(f"{where}: unknown key {name}{_did_you_mean(key, hints, prefix)}")
+        expected = hints[key]
+        section = section_type(expected)
+        if section:
+            if not isinstance(value, dict):
+                example = dataclasses.fields(section)[0].name
+                raise SftkitError(f"{where}: {name} is a section, not a value: set its keys, "
+                                  f"e.g. {name}.{example}=... (or [{name}] in a config file)")
+            _check_shape(section, value, where, f"{name}.")
+        elif isinstance(value, dict):
+            raise SftkitError(f"{where}: {name} is a value ({expected.__name__}), "
+                              "not a section")
+
+
+def _did_you_mean(key: str, known: dict[str, Any], prefix: str) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    if close:
+        return f" (did you mean {prefix}{close[0]}?)"
+    return f"; known: {', '.join(prefix + name for name in known)}"
+
+
+def _merge_into(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge `update` into `base` (sections recursively; values replaced); returns `base`."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_into(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _preset_recipe(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the recipe of the preset the values name (or the default model's)."""
+    name = values.get("model", {}).get("name", ModelArgs.name)
+    if isinstance(name, _Override):
+        name = _coerce(name, str, "model.name", name.text)
+    recipe = PRESET_RECIPES.get(name, {}) if isinstance(name, str) else {}
+    return {section: dict(defaults) for section, defaults in recipe.items()}
 
 
 def _build(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> Any:
     hints = get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        section = f" in [{prefix.rstrip('.')}]" if prefix else ""
-        raise SftkitError(f"{where}: unknown key(s) {', '.join(unknown)}{section}; "
-                          f"known: {', '.join(known)}")
     kwargs = {}
     for name, value in values.items():
         expected = hints[name]
-        if dataclasses.is_dataclass(expected):
-            if not isinstance(value, dict):
-                raise SftkitError(f"{where}: {prefix}{name} must be a section")
-            kwargs[name] = _build(expected, value, where, f"{prefix}{name}.")
-            continue
-        kwargs[name] = _coerce(value, expected, f"{where}: {prefix}{name}")
+        section = section_type(expected)
+        if section:
+            kwargs[name] = _build(section, value, where, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, expected, f"{prefix}{name}", where)
     return cls(**kwargs)
 
 
-def _coerce(value: Any, expected: Any, where: str) -> Any:
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is bool and not isinstance(value, bool):
-        raise SftkitError(f"{where} must be true or false, got {value!r}")
-    if expected in (int, float) and (isinstance(value, bool) or not isinstance(value, expected)):
-        raise SftkitError(f"{where} must be a number ({expected.__name__}), got {value!r}")
-    if expected is str and not isinstance(value, str):
-        return str(value)
+def _coerce(value: Any, expected: type, key: str, where: str) -> Any:
+    """`value` as the field's type, or a `SftkitError` naming where it came from."""
+    if isinstance(value, _Override):
+        where = f"override {value.text!r}"
+        value = _override_value(value.raw, expected)
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise SftkitError(f"{where}: {key} must be true or false, got {value!r}")
+    elif expected in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                expected is int and isinstance(value, float)):
+            kind = "a whole number" if expected is int else "a number"
+            raise SftkitError(f"{where}: {key} must be {kind} ({expected.__name__}), "
+                              f"got {value!r}")
+        if not math.isfinite(value):
+            raise SftkitError(f"{where}: {key} must be a finite number, got {value!r}")
+        value = expected(value)
+    elif not isinstance(value, str):
+        raise SftkitError(f"{where}: {key} must be a string (in quotes in TOML), got {value!r}")
     return value
 
 
-def _toml_value(value: Any) -> str:
+def _override_value(raw: str, expected: type) -> Any:
+    """The TOML value `raw` spells (`1`, `true`, `1e-4`, `"x"`); a string field takes any
+    other text as it is (`name=my-run`, `data.fields=instruction=q,output=a`)."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    if expected is str and not isinstance(value, str):
+        return raw  # `name=1e3` is the name "1e3", not "1000.0"
+    return value
+
+
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    return json.dumps(str(value), ensure_ascii=False)  # JSON's escapes are TOML's too
+
+
+# --- documentation: the docstring under each field -------------------------------------------
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a config dataclass, on one line.
+
+    >>> field_docs(TrainConfig)["max_steps"]
+    'Stop after this many optimizer steps (0 = run all epochs).'
+    """
+    if cls not in _FIELD_DOCS:
+        _FIELD_DOCS[cls] = _parse_field_docs(cls)
+    return _FIELD_DOCS[cls]
+
+
+_FIELD_DOCS: dict[type, dict[str, str]] = {}
+
+
+def _parse_field_docs(cls: type) -> dict[str, str]:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # no source (a frozen build): the keys stay undocumented
+        return {}
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs

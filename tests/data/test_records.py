@@ -131,3 +131,16 @@ def test_seeded_split_is_deterministic_and_a_partition():
 def test_bad_split_fractions(train, test):
     with pytest.raises(SftkitError, match="fraction"):
         split_records([GOOD] * 10, train, test)
+
+
+def test_utf8_with_a_byte_order_mark_is_read(tmp_path):
+    """Bug 15: a BOM (as some Windows editors write) made the file unreadable."""
+    record = {"instruction": "Spell café.", "input": "", "output": "c-a-f-é"}
+    array = tmp_path / "data.json"
+    array.write_text(json.dumps([record], ensure_ascii=False), encoding="utf-8-sig")
+    lines = tmp_path / "data.jsonl"
+    lines.write_text(json.dumps(record, ensure_ascii=False) + "\n" + json.dumps(record) + "\n",
+                     encoding="utf-8-sig")
+    assert array.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_records(array) == [record]
+    assert load_records(lines) == [record, record]

@@ -9,15 +9,14 @@ HELP = "commands: /reset forgets the conversation, /bye (or Ctrl-D) quits"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sftkit.commands.generate import add_sampling_arguments
+
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="a run's model/ directory, a preset, a .gguf, a Hub id, ...")
     parser.add_argument("--style", help="prompt style (default: the model's own)")
-    parser.add_argument("--system", help="a system message (styles that have one)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--system",
+                        help="a system message, for styles that have one (default: none)")
+    add_sampling_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

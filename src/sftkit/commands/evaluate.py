@@ -33,13 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default="",
                         help="a file holding the judge prompt, with {input}, {output} and "
                              "{model_response} (default: the book's prompt)")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument("--concurrency", type=int, default=4, help="judge requests in flight")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=3,
                         help="retries on connection errors, timeouts and 5xx (backoff 1, 2, 4 s)")
     parser.add_argument("--compare", metavar="OTHER",
                         help="another responses file or run on the same entries, judged the "
-                             "same way: paired comparison (mean difference, wins/ties/losses)")
+                             "same way: paired comparison (mean difference, wins/ties/losses; "
+                             "default: none)")
     parser.add_argument("--out", help="where results go (default: the run directory, or "
                                       "<file dir>/<file stem>-judge/ for a file)")
 

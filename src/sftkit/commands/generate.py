@@ -23,20 +23,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one instruction to answer")
     source.add_argument("--data", help="a JSON/JSONL file of entries to answer (needs --out)")
-    parser.add_argument("--out", help="where to write the responses (with --data)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", help="where to write the responses (required with --data)")
+    add_sampling_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help=_doc("batch_size"))
     parser.add_argument("--style", default=None,
                         help="prompt style: alpaca, phi3, chatml, or 'none' for the raw prompt "
                              "(default: the model's own)")
     parser.add_argument("--config", default=None,
-                        help="the preset giving the shape of a book .pth file, e.g. gpt2-medium")
+                        help="the preset giving the shape of a book .pth file, e.g. gpt2-medium "
+                             "(default: none; needed only for a .pth)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="weights dtype (default: float32)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling options of `generate` and `chat`, documented as the run config's
+    `generate.*` keys."""
+    parser.add_argument("--max-new-tokens", type=int, default=256, help=_doc("max_new_tokens"))
+    parser.add_argument("--temperature", type=float, default=0.0, help=_doc("temperature"))
+    parser.add_argument("--top-k", type=int, default=0, help=_doc("top_k"))
+    parser.add_argument("--top-p", type=float, default=1.0, help=_doc("top_p"))
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the sampler, for repeatable answers when --temperature > 0 "
+                             "(default: none, a new draw every time)")
+
+
+def _doc(key: str) -> str:
+    from sftkit.config import GenerateConfig, field_docs
+
+    doc = field_docs(GenerateConfig)[key].rstrip(".").replace("%", "%%")
+    return doc[0].lower() + doc[1:]
 
 
 def run(args: argparse.Namespace) -> int:

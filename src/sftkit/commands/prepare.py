@@ -9,20 +9,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="embedded",
                         help="a JSON/JSONL file, an http(s) URL, or a named source: embedded "
                              "(default), book-ch07")
-    parser.add_argument("--sha256", help="expected sha256 of the data file (checked)")
+    parser.add_argument("--sha256", help="expected sha256 of the data file "
+                                         "(default: not checked, except for named sources)")
     parser.add_argument("--fields", help="field names of the file, e.g. "
-                                         "instruction=prompt,output=completion")
+                                         "instruction=prompt,output=completion (default: "
+                                         "instruction, input, output)")
     parser.add_argument("--style", default="alpaca", help="prompt style: alpaca, phi3, chatml")
     parser.add_argument("--tokenizer", default="gpt2",
                         help="gpt2 (default) or smollm2 (read from the embedded GGUF)")
     parser.add_argument("--out", required=True, help="directory for train/val/test.json")
-    parser.add_argument("--train-fraction", type=float, default=0.85)
-    parser.add_argument("--test-fraction", type=float, default=0.10)
+    parser.add_argument("--train-fraction", type=float, default=0.85,
+                        help="share of the records for training, the first ones")
+    parser.add_argument("--test-fraction", type=float, default=0.10,
+                        help="share for the test split, after train; the rest is validation")
     parser.add_argument("--seed", type=int, default=None,
                         help="shuffle before splitting (default: keep the file's order)")
     parser.add_argument("--max-length", type=int, default=1024,
-                        help="allowed_max_length used in training (for the truncation count)")
-    parser.add_argument("--batch-size", type=int, default=8)
+                        help="allowed_max_length used in training, for the truncation count")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="training batch size, for the padding estimate")
 
 
 def run(args: argparse.Namespace) -> int:

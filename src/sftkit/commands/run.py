@@ -6,9 +6,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a TOML run config (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
-                        help="config overrides, e.g. train.epochs=1 model.name=gpt2")
+    from sftkit.commands.config import add_config_arguments
+
+    add_config_arguments(parser, "train.epochs=1 model.name=gpt2")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -159,8 +158,15 @@ def make_loader(
 
 def padding_fraction(
     lengths: Sequence[int], batches: Sequence[Sequence[int]], max_length: int | None = None
-) -> float:
-    """The share of input positions that are padding, over the given batches."""
+) -> float | None:
+    """The share of input positions that are padding, over the given batches (None when there
+    are no batches: nothing to measure).
+
+    >>> round(padding_fraction([4, 2], [[0, 1]]), 4)  # 3 and 1 input tokens, padded to 3
+    0.3333
+    >>> padding_fraction([4, 2], []) is None
+    True
+    """
     real = total = 0
     for batch in batches:
         # Input width = longest example (without its end-of-text) in the batch, capped.
@@ -170,4 +176,4 @@ def padding_fraction(
             width = min(width, max_length)
         real += sum(min(count, width) for count in token_counts)
         total += width * len(batch)
-    return 1.0 - real / total if total else math.nan
+    return 1.0 - real / total if total else None

@@ -1,4 +1,8 @@
-"""The prepare stage: records → validated splits on disk + a summary."""
+"""The prepare stage: records → validated splits on disk + a summary.
+
+The output directory is written as a set: staged beside `out`, then swapped in whole, so an
+interrupted prepare leaves the previous set (or nothing), never a mix of old and new files.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,21 @@ from typing import Any
 
 from sftkit.data.dataset import InstructionDataset
 from sftkit.data.prompts import get_style
-from sftkit.data.records import inspect_records, parse_field_mapping, split_records
+from sftkit.data.records import (
+    Splits,
+    capped_list,
+    inspect_records,
+    parse_field_mapping,
+    split_indices,
+)
 from sftkit.data.sources import load_source
-from sftkit.data.summary import format_summary, summarize
-from sftkit.io import write_json_atomic
+from sftkit.data.summary import format_summary, over_length_indices, summarize
+from sftkit.errors import SftkitError
+from sftkit.io import atomic_directory, write_json_atomic
 from sftkit.tokenizer import Tokenizer, load_tokenizer
+
+SPLIT_NAMES = ("train", "val", "test")
+PREPARED_FILES = tuple(f"{name}.json" for name in (*SPLIT_NAMES, "summary"))
 
 
 def prepare_dataset(
@@ -33,26 +47,48 @@ def prepare_dataset(
     into `out`, and return (and print) the summary.
 
     Example:
-        >>> summary = prepare_dataset("embedded", "runs/demo/data")  # doctest: +SKIP
-        >>> summary["splits"]  # doctest: +SKIP
-        {'train': 1020, 'val': 60, 'test': 120}
+        >>> import tempfile
+        >>> out = f"{tempfile.mkdtemp()}/data"
+        >>> summary = prepare_dataset("embedded", out, verbose=False)
+        >>> summary["splits"], summary["over_max_length"]
+        ({'train': 1351, 'val': 80, 'test': 159}, 0)
+        >>> sorted(path.name for path in Path(out).iterdir())
+        ['summary.json', 'test.json', 'train.json', 'val.json']
     """
+    out = Path(out)
+    _check_replaceable(out)
     prompt_style = get_style(style)
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     records = load_source(data, parse_field_mapping(fields), sha256)
     report = inspect_records(records)
-    splits = split_records(records, train_fraction, test_fraction, seed)
+    indices = split_indices(len(records), train_fraction, test_fraction, seed)
+    splits = Splits.select(records, indices)
     datasets = {name: InstructionDataset(part, tok, prompt_style)
                 for name, part in splits.items()}
+    report.over_max_length = over_length_indices(datasets, indices, max_length)
     summary = summarize(splits, datasets, report, batch_size=batch_size, max_length=max_length)
     summary["source"] = data
-    out = Path(out)
-    for name, part in splits.items():
-        write_json_atomic(out / f"{name}.json", part)
-    write_json_atomic(out / "summary.json", summary)
+    write_prepared(out, splits, summary)
     if verbose:
         print(f"prepared {data} → {out}/{{train,val,test}}.json")
         print(format_summary(summary))
-        for warning in report.warnings():
-            print(f"  note: {warning}")
     return summary
+
+
+def write_prepared(out: Path, splits: Splits, summary: dict[str, Any]) -> None:
+    """Write the three splits and the summary into `out` as one set (see the module doc)."""
+    with atomic_directory(out) as staging:
+        for name, part in splits.items():
+            write_json_atomic(staging / f"{name}.json", part)
+        write_json_atomic(staging / "summary.json", summary)
+
+
+def _check_replaceable(out: Path) -> None:
+    """`out` is replaced whole: refuse a directory holding anything but a prepared set."""
+    if out.exists() and not out.is_dir():
+        raise SftkitError(f"--out {out} is a file; prepare writes a directory")
+    others = sorted(path.name for path in out.iterdir()
+                    if path.name not in PREPARED_FILES) if out.is_dir() else []
+    if others:
+        raise SftkitError(f"--out {out} holds other files ({capped_list(others, 5)}); "
+                          "prepare replaces the whole directory, so give it an empty or new one")

@@ -4,9 +4,14 @@ A record is a plain dict with string fields `instruction`, `input` (missing → 
 `output`; any other fields (for example the embedded data's `task`) are kept as they are.
 
 Example:
-    >>> records = load_records("data.json", fields={"output": "completion"})  # doctest: +SKIP
-    >>> records[0]["instruction"]  # doctest: +SKIP
-    'Convert 45 kilometers to meters.'
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "data.json"
+    >>> _ = path.write_text(json.dumps([{"instruction": "Convert 45 kilometers to meters.",
+    ...                                  "completion": "45 kilometers is 45000 meters."}]))
+    >>> records = load_records(path, fields={"output": "completion"})
+    >>> records[0]["output"], records[0]["input"]
+    ('45 kilometers is 45000 meters.', '')
 """
 
 from __future__ import annotations
@@ -51,9 +56,11 @@ def parse_field_mapping(text: str | None) -> dict[str, str]:
 
 
 def _read_raw(path: Path) -> list[Any]:
-    """The file's records, as parsed JSON values: a JSON array, or one JSON value per line."""
+    """The file's records, as parsed JSON values: a JSON array, or one JSON value per line.
+
+    UTF-8 with or without a byte-order mark (which some Windows editors write)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise SftkitError(f"{path}: no such file") from None
     except UnicodeDecodeError as error:
@@ -154,33 +161,56 @@ def load_records(path: str | Path, fields: Mapping[str, str] | None = None) -> l
 class RecordReport:
     """What is worth knowing about a set of records before training on them.
 
-    Nothing is dropped: empty outputs and duplicates are counted and shown with their indices.
+    Nothing is dropped: empty fields, duplicates and over-long records are counted and shown
+    with their indices in the source (the `record N` of validation errors).
+
+    >>> report = inspect_records([{"instruction": " ", "input": "", "output": "a"},
+    ...                           {"instruction": "b", "input": "", "output": ""}])
+    >>> report.warnings()
+    ['1 record(s) with empty or whitespace-only instructions (indices 0)', \
+'1 record(s) with empty or whitespace-only outputs (indices 1)']
     """
 
     total: int
+    empty_instructions: list[int] = field(default_factory=list)
     empty_outputs: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)  # repeats of an earlier record
     conflicting: list[int] = field(default_factory=list)  # same prompt, other output
+    over_max_length: list[int] = field(default_factory=list)  # filled in once tokenized
 
     def warnings(self) -> list[str]:
         lines = []
         for label, indices in (
+            ("empty or whitespace-only instructions", self.empty_instructions),
             ("empty or whitespace-only outputs", self.empty_outputs),
             ("exact duplicates of an earlier record", self.duplicates),
             ("same instruction and input as an earlier record, different output",
              self.conflicting),
+            ("more tokens than max_length (truncated in training)", self.over_max_length),
         ):
             if indices:
-                shown = ", ".join(map(str, indices[:10])) + (", ..." if len(indices) > 10 else "")
-                lines.append(f"{len(indices)} record(s) with {label} (indices {shown})")
+                lines.append(f"{len(indices)} record(s) with {label} "
+                             f"(indices {capped_list(indices)})")
         return lines
 
 
+def capped_list(items: Sequence[object], limit: int = MAX_ERRORS_SHOWN) -> str:
+    """The first `limit` items (record indices, names), then how many more.
+
+    >>> capped_list(range(12), limit=3)
+    '0, 1, 2, ... (9 more)'
+    """
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
 def inspect_records(records: Sequence[Mapping[str, Any]]) -> RecordReport:
-    """Count empty outputs, exact duplicates and conflicting duplicates."""
+    """Count empty instructions and outputs, exact duplicates and conflicting duplicates."""
     report = RecordReport(total=len(records))
     seen_outputs: dict[tuple[str, str], str] = {}
     for index, record in enumerate(records):
+        if not record["instruction"].strip():
+            report.empty_instructions.append(index)
         if not record["output"].strip():
             report.empty_outputs.append(index)
         key = (record["instruction"], record["input"])
@@ -194,7 +224,6 @@ def inspect_records(records: Sequence[Mapping[str, Any]]) -> RecordReport:
     return report
 
 
-
 @dataclass(frozen=True)
 class Splits:
     train: list[dict[str, Any]]
@@ -203,6 +232,12 @@ class Splits:
 
     def items(self) -> list[tuple[str, list[dict[str, Any]]]]:
         return [("train", self.train), ("val", self.val), ("test", self.test)]
+
+    @classmethod
+    def select(cls, records: Sequence[dict[str, Any]], indices: Mapping[str, Sequence[int]]
+               ) -> Splits:
+        """The splits holding `records[i]` for each split's indices (from `split_indices`)."""
+        return cls(**{name: [records[i] for i in part] for name, part in indices.items()})
 
 
 def split_records(
@@ -221,6 +256,28 @@ def split_records(
     >>> len(splits.train), len(splits.test), len(splits.val)
     (17, 2, 1)
     """
+    return Splits.select(records, split_indices(len(records), train_fraction, test_fraction,
+                                                seed))
+
+
+def split_indices(
+    count: int,
+    train_fraction: float = 0.85,
+    test_fraction: float = 0.10,
+    seed: int | None = None,
+) -> dict[str, list[int]]:
+    """The source indices of each split of `count` records (see `split_records`).
+
+    An empty training split is refused here, before anything is tokenized or written.
+
+    >>> split_indices(6, 0.5, 0.2, seed=1)
+    {'train': [2, 3, 5], 'test': [0], 'val': [4, 1]}
+    >>> split_indices(1)
+    Traceback (most recent call last):
+    ...
+    sftkit.errors.SftkitError: the train split would be empty: 1 record(s) × train fraction 0.85 \
+= 0.85, rounded down to 0; give more records or a larger train fraction
+    """
     if not (0 < train_fraction < 1 and 0 <= test_fraction < 1):
         raise SftkitError(
             f"split fractions must lie in (0, 1): train {train_fraction}, test {test_fraction}"
@@ -229,10 +286,15 @@ def split_records(
         raise SftkitError(
             f"train fraction {train_fraction} + test fraction {test_fraction} exceed 1"
         )
-    ordered = list(records)
+    order = list(range(count))
     if seed is not None:
-        random.Random(seed).shuffle(ordered)
-    train_end = int(len(ordered) * train_fraction)
-    test_end = train_end + int(len(ordered) * test_fraction)
-    return Splits(train=ordered[:train_end], test=ordered[train_end:test_end],
-                  val=ordered[test_end:])
+        random.Random(seed).shuffle(order)  # the same permutation as shuffling the records
+    train_end = int(count * train_fraction)
+    if train_end == 0:
+        raise SftkitError(
+            f"the train split would be empty: {count} record(s) × train fraction "
+            f"{train_fraction} = {count * train_fraction:.4g}, rounded down to 0; give more "
+            "records or a larger train fraction")
+    test_end = train_end + int(count * test_fraction)
+    return {"train": order[:train_end], "test": order[train_end:test_end],
+            "val": order[test_end:]}
