@@ -1235,7 +1235,7 @@ def _verify_sentiment(entry: Entry) -> bool:
 
 def _is_date(text: str) -> bool:
     match = re.fullmatch(r"([A-Z][a-z]+) (\d{1,2})", text)
-    return bool(match) and 1 <= int(match[2]) <= MONTH_DAYS.get(match[1], 0)
+    return match is not None and 1 <= int(match[2]) <= MONTH_DAYS.get(match[1], 0)
 
 
 def _verify_extraction(entry: Entry) -> bool:
@@ -1341,8 +1341,8 @@ def _verify_odd_one_out(entry: Entry) -> bool:
         return False
     listed = entry["input"] or (re.search(r": (.+)\.$", entry["instruction"]) or ["", ""])[1]
     items = listed.split(", ")
-    categories = [_category_of(item) for item in items]
-    if None in categories or len(items) != 4 or match[1] not in items:
+    categories = [category for item in items if (category := _category_of(item)) is not None]
+    if len(categories) != len(items) or len(items) != 4 or match[1] not in items:
         return False
     odd = categories[items.index(match[1])]
     rest = {category for item, category in zip(items, categories, strict=True) if item != match[1]}
