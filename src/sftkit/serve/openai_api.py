@@ -22,18 +22,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from sftkit.serve import params
-from sftkit.serve.engine import Completion, Engine, RequestError, Sampling
+from sftkit.serve.engine import Engine
+from sftkit.serve.jobs import Completion, RequestError, Sampling
 
 MAX_STOP_STRINGS = 4  # OpenAI's own limit
-_ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
-                413: "invalid_request_error", 503: "server_error", 500: "server_error"}
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    """An OpenAI-style error object."""
+    """An OpenAI-style error object: a 4xx is the client's mistake, a 5xx the server's.
+
+    >>> error_body(405, "GET /v1/chat/completions: Method Not Allowed")["error"]["type"]
+    'invalid_request_error'
+    """
     code = "model_not_found" if status == 404 and "model" in message else None
-    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def sampling(data: dict[str, Any]) -> Sampling:
@@ -64,23 +67,23 @@ def _usage(done: Completion) -> dict[str, int]:
 async def chat_completions(request: Request, engine: Engine, data: dict[str, Any]) -> Response:
     """POST /v1/chat/completions"""
     model = params.requested_model(data, engine.name)
-    if data.get("tools"):
+    if params.array(data, "tools"):
         raise RequestError(400, f"{engine.name!r} does not support tools")
     messages = params.chat_messages(data.get("messages"), text_parts=True)
     job = engine.job(engine.encode_chat(messages), sampling(data))
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": model, "system_fingerprint": f"sftkit-{engine.style.name}"}
 
-    if not params.boolean(data, "stream", False):
+    stream = params.boolean(data, "stream", False)
+    include_usage = params.boolean(params.mapping(data, "stream_options"), "include_usage",
+                                   False, where="stream_options.")
+    if not stream:
         done = await engine.complete(job, request.is_disconnected)
         if done is None:
             return Response(status_code=499)
         return JSONResponse({**head, "object": "chat.completion", "choices": [{
             "index": 0, "message": {"role": "assistant", "content": done.text, "refusal": None},
             "logprobs": None, "finish_reason": done.done_reason}], "usage": _usage(done)})
-
-    options = data.get("stream_options") or {}
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
     def chunk(delta: dict[str, Any], finish_reason: str | None) -> str:
         body = {**head, "object": "chat.completion.chunk", "choices": [{
