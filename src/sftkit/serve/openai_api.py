@@ -3,11 +3,30 @@
 Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so the official
 `openai` client raises its usual exceptions (`BadRequestError`, `NotFoundError`, ...).
 
-Example:
-    >>> from openai import OpenAI  # doctest: +SKIP
-    >>> client = OpenAI(base_url="http://127.0.0.1:11434/v1", api_key="unused")  # doctest: +SKIP
-    >>> client.chat.completions.create(model="smollm2-135m-instruct", messages=[
-    ...     {"role": "user", "content": "Hi"}]).choices[0].message.content  # doctest: +SKIP
+Example (the official client, here talking to the app in-process through Starlette's test
+client; against `sftkit serve`, pass `base_url="http://127.0.0.1:11434/v1"` instead):
+    >>> import openai, torch
+    >>> from starlette.testclient import TestClient
+    >>> from sftkit.checkpoints import LoadedModel
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> from sftkit.serve import Engine, create_app
+    >>> from sftkit.tokenizer import gpt2_tokenizer
+    >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2)
+    >>> engine = Engine(LoadedModel(build_model(config).eval(), config, gpt2_tokenizer(),
+    ...                             "a tiny random GPT-2"), name="tiny")
+    >>> with TestClient(create_app(engine)) as http:
+    ...     client = openai.OpenAI(base_url=f"{http.base_url}/v1", api_key="unused",
+    ...                            http_client=http, max_retries=0)
+    ...     done = client.chat.completions.create(
+    ...         model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    ...     try:
+    ...         client.chat.completions.create(model="gpt-4o", messages=[])
+    ...     except openai.NotFoundError as error:
+    ...         refusal = error.body
+    >>> done.usage.completion_tokens, done.choices[0].finish_reason
+    (3, 'length')
+    >>> refusal["code"], refusal["type"]
+    ('model_not_found', 'invalid_request_error')
 """
 
 from __future__ import annotations
