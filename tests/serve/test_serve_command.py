@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
 
-from sftkit.cli import build_parser
+from sftkit import checkpoints
+from sftkit.cli import build_parser, main
 from sftkit.commands.serve import default_name, model_source
 from sftkit.errors import SftkitError
 
@@ -35,3 +39,74 @@ def test_a_run_directory_stands_for_its_model(tmp_path):
 def test_the_command_line():
     args = build_parser().parse_args(["serve", "--model", "runs/x", "--port", "8080"])
     assert (args.model, args.host, args.port, args.name) == ("runs/x", "127.0.0.1", 8080, None)
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536", "http"])
+def test_a_port_out_of_range_is_refused_while_parsing(port, capsys):
+    with pytest.raises(SystemExit) as raised:
+        build_parser().parse_args(["serve", "--port", port])
+    assert raised.value.code == 2
+    assert "--port: must be a number from 1 to 65535 (0: any free port)" in \
+        capsys.readouterr().err
+
+
+@pytest.fixture
+def loads(monkeypatch) -> list[str]:
+    """The sources `serve` asked to load; loading itself is refused, so nothing is served."""
+    asked: list[str] = []
+
+    def load_pretrained(source: str, **kwargs):
+        asked.append(source)
+        raise SftkitError(f"(test) not loading {source}")
+
+    monkeypatch.setattr(checkpoints, "load_pretrained", load_pretrained)
+    return asked
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another server listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+@pytest.mark.parametrize("model", ["runs/missing", "smollm2-135m-instruct"])
+def test_a_busy_port_is_found_before_the_model_loads(model, busy_port, loads, capsys,
+                                                      tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--model", model, "--port", str(busy_port)]) == 2
+    assert capsys.readouterr().err == (f"sftkit serve: error: port {busy_port} on 127.0.0.1 "
+                                       "is already in use (by another server?); stop it or "
+                                       "choose another port\n")
+    assert loads == []
+
+
+def test_a_host_that_is_not_ours_is_a_clear_error(loads, capsys):
+    assert main(["serve", "--host", "192.0.2.1", "--port", "0"]) == 2
+    assert "cannot listen on 192.0.2.1" in capsys.readouterr().err
+    assert loads == []
+
+
+def test_a_missing_model_is_a_clean_error(tmp_path, capsys):
+    missing = tmp_path / "runs" / "missing"
+    assert main(["serve", "--model", str(missing), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sftkit serve: error: ") and str(missing) in err
+    assert "Traceback" not in err
+
+
+def test_a_book_checkpoint_is_passed_through_to_the_loader(tmp_path, loads):
+    book = tmp_path / "gpt2-small-sft.pth"
+    book.write_bytes(b"")
+    assert main(["serve", "--model", str(book), "--port", "0"]) == 2
+    assert loads == [str(book)]
+
+
+def test_an_unknown_style_or_device_is_refused_before_loading(loads, capsys):
+    assert main(["serve", "--style", "klingon", "--port", "0"]) == 2
+    assert "unknown prompt style 'klingon'" in capsys.readouterr().err
+    assert main(["serve", "--device", "tpu9", "--port", "0"]) == 2
+    assert "unknown device 'tpu9'" in capsys.readouterr().err
+    assert loads == []

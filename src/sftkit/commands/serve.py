@@ -12,6 +12,10 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sftkit.serve import Engine
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -22,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"a .gguf, a Hub id, ... (default: {DEFAULT_MODEL})")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: loopback only)")
-    parser.add_argument("--port", type=int, default=11434, help="default: Ollama's 11434")
+    parser.add_argument("--port", type=port_number, default=11434,
+                        help="port to listen on, 1-65535, or 0 for any free one "
+                             "(default: Ollama's 11434)")
     parser.add_argument("--name", help="the model name clients ask for (default: from --model, "
                                        "e.g. sftkit-default for runs/default)")
     parser.add_argument("--style", help="prompt style for chat messages (default: the model's)")
@@ -32,6 +38,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"),
                         help="the server's log level")
+
+
+def port_number(text: str) -> int:
+    """`--port`: 1 to 65535, or 0 for any free port.
+
+    >>> port_number("8080")
+    8080
+    >>> port_number("99999")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be a number from 1 to 65535 (0: any free port)
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be a number from 1 to 65535 (0: any free port)")
+    return port
 
 
 def model_source(model: str) -> str:
@@ -75,32 +100,44 @@ def default_name(source: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from sftkit.checkpoints import load_pretrained
+    from sftkit.data.prompts import get_style
     from sftkit.device import pick_device
     from sftkit.errors import SftkitError
-    from sftkit.serve import Engine, Limits, serve
+    from sftkit.serve import Engine, Limits, listen, serve
 
+    # Every mistake in the arguments is found before the model's (long) load.
     if args.max_new_tokens < 1:
         raise SftkitError("--max-new-tokens must be at least 1")
+    device = pick_device(args.device)
+    if args.style:
+        get_style(args.style)
     source = model_source(args.model)
-    start = time.perf_counter()
-    loaded = load_pretrained(source)
-    loaded.model.to(pick_device(args.device))
-    name = args.name or default_name(source)
-    engine = Engine(loaded, name=name, style=args.style,
-                    limits=Limits(max_new_tokens=args.max_new_tokens),
-                    load_seconds=time.perf_counter() - start)
-    url = f"http://{_url_host(args.host)}:{args.port}"
+    with listen(args.host, args.port) as listener:
+        start = time.perf_counter()
+        loaded = load_pretrained(source)
+        loaded.model.to(device)
+        name = args.name or default_name(source)
+        engine = Engine(loaded, name=name, style=args.style,
+                        limits=Limits(max_new_tokens=args.max_new_tokens),
+                        load_seconds=time.perf_counter() - start)
+        _print_banner(engine, args.host, listener.getsockname()[1])
+        serve(engine, log_level=args.log_level, listener=listener)
+    return 0
+
+
+def _print_banner(engine: Engine, host: str, port: int) -> None:
+    """How to reach the server, with each kind of client."""
+    url = f"http://{_url_host(host)}:{port}"
+    name = engine.name
     request = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}],
                           "stream": False})
-    print(f"serving {name!r}: {loaded.source}, {engine.style.name} prompts, "
+    print(f"serving {name!r}: {engine.loaded.source}, {engine.style.name} prompts, "
           f"loaded in {engine.load_seconds:.1f} s\n"
           f"  listening on {url} (Ollama API at /api, OpenAI-compatible API at /v1)\n"
           f"  ollama:  OLLAMA_HOST={url} ollama run {name}\n"
           f"  curl:    curl {url}/api/chat -d '{request}'\n"
           f"  openai:  OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")\n"
           f"  judge:   sftkit evaluate --judge ollama:{name} --host {url}", flush=True)
-    serve(engine, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
 
 
 def _url_host(host: str) -> str:

@@ -1,18 +1,32 @@
 """`sftkit serve`: an Ollama- and OpenAI-compatible HTTP API over one model.
 
-`engine` runs generations one at a time on a worker thread (no two requests share the KV cache;
-the event loop never waits on the model); `ollama_api` and `openai_api` translate the two
-protocols; `app` holds the routes, the request limits and the uvicorn runner.
+`engine` runs generations on one worker thread (no two requests share the KV cache; the event
+loop never waits on the model), taking `jobs` from a queue in batches (`batching`);
+`ollama_api` and `openai_api` translate the two protocols, `params` checks every request field;
+`app` holds the routes, the request-size limit and the uvicorn runner.
 
-Example:
-    >>> from sftkit.checkpoints import load_pretrained  # doctest: +SKIP
-    >>> loaded = load_pretrained("runs/default/model")  # doctest: +SKIP
-    >>> engine = Engine(loaded, name="sftkit-default")  # doctest: +SKIP
-    >>> serve(engine, port=11434)  # doctest: +SKIP
-    $ OLLAMA_HOST=http://127.0.0.1:11434 ollama run sftkit-default
+Example (a tiny random model, asked in-process; `sftkit serve` serves a real one on a port):
+    >>> import torch
+    >>> from starlette.testclient import TestClient
+    >>> from sftkit.checkpoints import LoadedModel
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> from sftkit.tokenizer import gpt2_tokenizer
+    >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2)
+    >>> engine = Engine(LoadedModel(build_model(config).eval(), config, gpt2_tokenizer(),
+    ...                             "a tiny random GPT-2"), name="tiny")
+    >>> with TestClient(create_app(engine)) as client:
+    ...     request = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}],
+    ...                "stream": False}
+    ...     answer = client.post("/api/chat", json={**request, "options": {"num_predict": 4}})
+    ...     refused = client.post("/api/chat", json={**request, "options": []})
+    >>> answer.json()["eval_count"], answer.json()["done_reason"]
+    (4, 'length')
+    >>> refused.status_code, refused.json()
+    (400, {'error': 'options must be an object, got []'})
 """
 
-from sftkit.serve.app import create_app, serve
-from sftkit.serve.engine import Engine, Limits, RequestError, Sampling
+from sftkit.serve.app import create_app, listen, serve
+from sftkit.serve.engine import Engine
+from sftkit.serve.jobs import Limits, RequestError, Sampling
 
-__all__ = ["Engine", "Limits", "RequestError", "Sampling", "create_app", "serve"]
+__all__ = ["Engine", "Limits", "RequestError", "Sampling", "create_app", "listen", "serve"]

@@ -1,17 +1,21 @@
 """The ASGI app: routes of both APIs, the request-size limit, errors as JSON, and the runner.
 
-Example:
-    >>> engine = Engine(load_pretrained("smollm2-135m-instruct"),  # doctest: +SKIP
-    ...                 name="smollm2-135m-instruct")
-    >>> serve(engine, host="127.0.0.1", port=11434)  # doctest: +SKIP
+Example (`serve` runs until Ctrl-C; `sftkit serve` does this):
+    >>> listener = listen("127.0.0.1", 0)  # the port is ours before the model loads
+    >>> engine = Engine(load_pretrained("smollm2-135m-instruct"))  # doctest: +SKIP
+    >>> serve(engine, listener=listener)  # doctest: +SKIP
+    >>> listener.close()
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,20 +25,31 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sftkit.errors import SftkitError
 from sftkit.serve import ollama_api, openai_api, params
-from sftkit.serve.engine import Engine, RequestError
+from sftkit.serve.engine import Engine
+from sftkit.serve.jobs import RequestError
 
 log = logging.getLogger("sftkit.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+BACKLOG = 2048  # uvicorn's default
 
 Handler = Callable[[Request, Engine, dict[str, Any]], Awaitable[Response]]
 
 
-def error_response(path: str, status: int, message: str) -> JSONResponse:
-    """`{"error": message}` for the Ollama API, OpenAI's error object under /v1."""
-    if path.startswith("/v1/"):
-        return JSONResponse(openai_api.error_body(status, message), status_code=status)
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(path: str, status: int, message: str,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """`{"error": message}` for the Ollama API, OpenAI's error object under /v1.
+
+    >>> error_response("/v1/chat/completions", 405, "GET: Method Not Allowed").body
+    b'{"error":{"message":"GET: Method Not Allowed","type":"invalid_request_error",\
+"param":null,"code":null}}'
+    """
+    if path == "/v1" or path.startswith("/v1/"):
+        body: dict[str, Any] = openai_api.error_body(status, message)
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _json_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -88,10 +103,11 @@ def create_app(engine: Engine) -> Starlette:
     ]
 
     async def http_error(request: Request, error: Exception) -> Response:
-        status = error.status_code if isinstance(error, HTTPException) else 500
-        detail = error.detail if isinstance(error, HTTPException) else str(error)
-        return error_response(request.url.path, status,
-                              f"{request.method} {request.url.path}: {detail}")
+        # Starlette's own refusals: unknown route (404), wrong method (405, with `Allow`).
+        assert isinstance(error, HTTPException)
+        return error_response(request.url.path, error.status_code,
+                              f"{request.method} {request.url.path}: {error.detail}",
+                              error.headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -151,15 +167,50 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on `host`:`port` (0: a free port), or a clear error when the port is
+    taken or the address is not this machine's.
+
+    Connections made before `serve` starts wait in the backlog and are answered then.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise SftkitError(f"cannot listen on {host}: {error.strerror}") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        if os.name != "nt":  # restart at once after a stop; on Windows it would share the port
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(BACKLOG)
+    except OSError as error:
+        listener.close()
+        if error.errno == errno.EADDRINUSE:
+            raise SftkitError(f"port {port} on {host} is already in use (by another "
+                              "server?); stop it or choose another port") from None
+        raise SftkitError(f"cannot listen on {host} port {port}: {error.strerror}") from None
+    return listener
+
+
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 11434,
-          log_level: str = "info") -> None:
-    """Serve `engine` until interrupted (Ctrl-C)."""
+          log_level: str = "info", *, listener: socket.socket | None = None) -> None:
+    """Serve `engine` on `listener` (default: `listen(host, port)`) until interrupted (Ctrl-C).
+    """
     import uvicorn
 
+    if listener is None:
+        listener = listen(host, port)
+    host = listener.getsockname()[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(log_level.upper())
     if host not in LOOPBACK:
         log.warning("listening on %s: anyone who can reach this address can use the model; "
                     "there is no authentication", host)
     app = BodyLimit(create_app(engine), engine.limits.max_body_bytes)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
+                                           timeout_graceful_shutdown=5))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal end, as in uvicorn.run
+        server.run(sockets=[listener])
+    if not server.started:
+        raise SftkitError("the server failed to start (see the log above)")

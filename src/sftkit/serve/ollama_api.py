@@ -27,7 +27,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from sftkit import __version__
 from sftkit.serve import params
-from sftkit.serve.engine import Completion, Engine, Job, RequestError, Sampling, describe
+from sftkit.serve.engine import Engine, describe
+from sftkit.serve.jobs import Completion, Job, RequestError, Sampling
 
 NDJSON = "application/x-ndjson"
 # Ollama's template variables that a request's `template` may use; anything else in {{ }}
@@ -41,10 +42,13 @@ def now() -> str:
 
 
 def sampling(data: dict[str, Any]) -> Sampling:
-    """The `options` of a request, validated (unknown options are ignored, as Ollama does)."""
-    options = data.get("options") or {}
-    if not isinstance(options, dict):
-        raise RequestError(400, f"options must be an object, got {options!r}")
+    """The `options` of a request, validated (unknown options are ignored, as Ollama does).
+
+    >>> sampling({"options": {"num_predict": 5, "top_p": 0}})
+    Sampling(max_new_tokens=5, temperature=0.0, top_k=0, top_p=1.0, seed=None, stop=(), \
+num_ctx=None)
+    """
+    options = params.mapping(data, "options")
     where = "options."
     num_predict = params.integer(options, "num_predict", where=where)
     temperature = params.number(options, "temperature", minimum=0, where=where)
@@ -65,13 +69,13 @@ def sampling(data: dict[str, Any]) -> Sampling:
 
 def _refuse_unsupported(data: dict[str, Any], engine: Engine) -> None:
     """What this text-only, tool-less model cannot do gets a clear 400, as Ollama does."""
-    if data.get("suffix"):
+    if params.string(data, "suffix"):
         raise RequestError(400, f"{engine.name!r} does not support insert (suffix)")
-    if data.get("think"):
+    if data.get("think") not in (None, False):  # true, or a level such as "high"
         raise RequestError(400, f"{engine.name!r} does not support thinking")
-    if data.get("tools"):
+    if params.array(data, "tools"):
         raise RequestError(400, f"{engine.name!r} does not support tools")
-    if data.get("images"):
+    if params.array(data, "images"):
         raise RequestError(400, f"{engine.name!r} reads text only (images were sent)")
     # `format` (JSON mode or a schema) cannot be enforced without constrained decoding; it is
     # accepted and ignored, like the other options this server has no use for.
@@ -124,9 +128,7 @@ async def generate(request: Request, engine: Engine, data: dict[str, Any]) -> Re
     else:
         messages = [{"role": "system", "content": system}] if system else []
         text = engine.style.format_conversation([*messages, {"role": "user", "content": prompt}])
-    context = data.get("context") or []
-    if not isinstance(context, list) or not all(isinstance(t, int) for t in context):
-        raise RequestError(400, "context must be a list of token ids")
+    context = _context(data, engine.config.vocab_size)
     job = engine.job([*context, *engine.tokenizer.encode(text)], sampling(data))
 
     def piece(text: str) -> dict[str, Any]:
@@ -137,6 +139,20 @@ async def generate(request: Request, engine: Engine, data: dict[str, Any]) -> Re
                 "context": [*job.prompt_ids, *done.tokens]}
 
     return await _respond(request, engine, job, data, piece, final)
+
+
+def _context(data: dict[str, Any], vocab_size: int) -> list[int]:
+    """The `context` a previous answer returned: token ids of this model's vocabulary."""
+    value = data.get("context")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RequestError(400, f"context must be a list of token ids, got {params.shown(value)}")
+    for index, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
+            raise RequestError(400, f"context[{index}] must be a token id from 0 to "
+                                    f"{vocab_size - 1}, got {params.shown(token)}")
+    return value
 
 
 def _fill_template(template: str, prompt: str, system: str) -> str:

@@ -3,11 +3,30 @@
 Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so the official
 `openai` client raises its usual exceptions (`BadRequestError`, `NotFoundError`, ...).
 
-Example:
-    >>> from openai import OpenAI  # doctest: +SKIP
-    >>> client = OpenAI(base_url="http://127.0.0.1:11434/v1", api_key="unused")  # doctest: +SKIP
-    >>> client.chat.completions.create(model="smollm2-135m-instruct", messages=[
-    ...     {"role": "user", "content": "Hi"}]).choices[0].message.content  # doctest: +SKIP
+Example (the official client, here talking to the app in-process through Starlette's test
+client; against `sftkit serve`, pass `base_url="http://127.0.0.1:11434/v1"` instead):
+    >>> import openai, torch
+    >>> from starlette.testclient import TestClient
+    >>> from sftkit.checkpoints import LoadedModel
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> from sftkit.serve import Engine, create_app
+    >>> from sftkit.tokenizer import gpt2_tokenizer
+    >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2)
+    >>> engine = Engine(LoadedModel(build_model(config).eval(), config, gpt2_tokenizer(),
+    ...                             "a tiny random GPT-2"), name="tiny")
+    >>> with TestClient(create_app(engine)) as http:
+    ...     client = openai.OpenAI(base_url=f"{http.base_url}/v1", api_key="unused",
+    ...                            http_client=http, max_retries=0)
+    ...     done = client.chat.completions.create(
+    ...         model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    ...     try:
+    ...         client.chat.completions.create(model="gpt-4o", messages=[])
+    ...     except openai.NotFoundError as error:
+    ...         refusal = error.body
+    >>> done.usage.completion_tokens, done.choices[0].finish_reason
+    (3, 'length')
+    >>> refusal["code"], refusal["type"]
+    ('model_not_found', 'invalid_request_error')
 """
 
 from __future__ import annotations
@@ -22,18 +41,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from sftkit.serve import params
-from sftkit.serve.engine import Completion, Engine, RequestError, Sampling
+from sftkit.serve.engine import Engine
+from sftkit.serve.jobs import Completion, RequestError, Sampling
 
 MAX_STOP_STRINGS = 4  # OpenAI's own limit
-_ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
-                413: "invalid_request_error", 503: "server_error", 500: "server_error"}
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    """An OpenAI-style error object."""
+    """An OpenAI-style error object: a 4xx is the client's mistake, a 5xx the server's.
+
+    >>> error_body(405, "GET /v1/chat/completions: Method Not Allowed")["error"]["type"]
+    'invalid_request_error'
+    """
     code = "model_not_found" if status == 404 and "model" in message else None
-    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def sampling(data: dict[str, Any]) -> Sampling:
@@ -64,23 +86,23 @@ def _usage(done: Completion) -> dict[str, int]:
 async def chat_completions(request: Request, engine: Engine, data: dict[str, Any]) -> Response:
     """POST /v1/chat/completions"""
     model = params.requested_model(data, engine.name)
-    if data.get("tools"):
+    if params.array(data, "tools"):
         raise RequestError(400, f"{engine.name!r} does not support tools")
     messages = params.chat_messages(data.get("messages"), text_parts=True)
     job = engine.job(engine.encode_chat(messages), sampling(data))
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": model, "system_fingerprint": f"sftkit-{engine.style.name}"}
 
-    if not params.boolean(data, "stream", False):
+    stream = params.boolean(data, "stream", False)
+    include_usage = params.boolean(params.mapping(data, "stream_options"), "include_usage",
+                                   False, where="stream_options.")
+    if not stream:
         done = await engine.complete(job, request.is_disconnected)
         if done is None:
             return Response(status_code=499)
         return JSONResponse({**head, "object": "chat.completion", "choices": [{
             "index": 0, "message": {"role": "assistant", "content": done.text, "refusal": None},
             "logprobs": None, "finish_reason": done.done_reason}], "usage": _usage(done)})
-
-    options = data.get("stream_options") or {}
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
     def chunk(delta: dict[str, Any], finish_reason: str | None) -> str:
         body = {**head, "object": "chat.completion.chunk", "choices": [{

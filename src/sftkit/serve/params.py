@@ -9,19 +9,30 @@ Example:
     >>> integer({"num_predict": "5"}, "num_predict", where="options.")
     Traceback (most recent call last):
     ...
-    sftkit.serve.engine.RequestError: options.num_predict must be an integer, got '5'
+    sftkit.serve.jobs.RequestError: options.num_predict must be an integer, got '5'
+    >>> json_object(b'{"prompt": "\\\\ud800"}')
+    Traceback (most recent call last):
+    ...
+    sftkit.serve.jobs.RequestError: prompt holds a lone UTF-16 surrogate ('\\ud800' at \
+character 0), which is not text: send each character whole (a surrogate pair or UTF-8)
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from sftkit.serve.engine import RequestError
+from sftkit.serve.jobs import RequestError
 
 ROLES = ("system", "user", "assistant")
 SEED_RANGE = 2**63  # torch.Generator.manual_seed takes a 64-bit integer
+SHOWN_CHARS = 60  # the longest value a message echoes back
+# json.loads lets "\ud800" through as a lone surrogate code point, which is not text: no
+# tokenizer encodes it and no UTF-8 response could echo it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def json_object(body: bytes) -> dict[str, Any]:
@@ -30,9 +41,47 @@ def json_object(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise RequestError(400, f"the request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise RequestError(400, "the request body is nested too deeply to read (no field of "
+                                "this API nests more than a few levels)") from None
     if not isinstance(data, dict):
         raise RequestError(400, "the request body must be a JSON object")
+    _refuse_lone_surrogates(data)
     return data
+
+
+def _refuse_lone_surrogates(data: dict[str, Any]) -> None:
+    """A 400 naming the first field (or key) whose text holds a lone surrogate."""
+    waiting: list[tuple[str, Any]] = [("", data)]
+    while waiting:  # a loop, not recursion: the body may nest as deep as json.loads allowed
+        path, value = waiting.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, f"{path or 'the request body'} has a key that")
+                waiting.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            waiting.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+
+
+def _check_text(text: str, name: str) -> None:
+    found = _LONE_SURROGATE.search(text)
+    if found:
+        raise RequestError(400, f"{name} holds a lone UTF-16 surrogate ({found.group()!r} at "
+                                f"character {found.start()}), which is not text: send each "
+                                "character whole (a surrogate pair or UTF-8)")
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` for a message, cut short: a client's mistake may be a megabyte long.
+
+    >>> shown("x" * 100)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (102 characters)"
+    """
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS - 1]}... " \
+                                                  f"({len(text)} characters)"
 
 
 def integer(data: Mapping[str, Any], key: str, *, minimum: int | None = None,
@@ -44,7 +93,7 @@ def integer(data: Mapping[str, Any], key: str, *, minimum: int | None = None,
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(400, f"{where}{key} must be an integer, got {value!r}")
+        raise RequestError(400, f"{where}{key} must be an integer, got {shown(value)}")
     _check_range(value, minimum, maximum, f"{where}{key}")
     return value
 
@@ -55,33 +104,62 @@ def number(data: Mapping[str, Any], key: str, *, minimum: float | None = None,
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise RequestError(400, f"{where}{key} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RequestError(400, f"{where}{key} must be a number, got {shown(value)}")
+    if not math.isfinite(value):  # Python's json reads NaN and Infinity
+        raise RequestError(400, f"{where}{key} must be a finite number, got {value}")
     _check_range(value, minimum, maximum, f"{where}{key}")
     return float(value)
 
 
 def _check_range(value: float, minimum: float | None, maximum: float | None, name: str) -> None:
     if minimum is not None and value < minimum:
-        raise RequestError(400, f"{name} must be at least {minimum}, got {value}")
+        raise RequestError(400, f"{name} must be at least {minimum}, got {shown(value)}")
     if maximum is not None and value > maximum:
-        raise RequestError(400, f"{name} must be at most {maximum}, got {value}")
+        raise RequestError(400, f"{name} must be at most {maximum}, got {shown(value)}")
 
 
 def string(data: Mapping[str, Any], key: str, *, where: str = "") -> str | None:
     """`data[key]` as a str (None when absent or null)."""
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise RequestError(400, f"{where}{key} must be a string, got {value!r}")
+        raise RequestError(400, f"{where}{key} must be a string, got {shown(value)}")
     return value
 
 
-def boolean(data: Mapping[str, Any], key: str, default: bool) -> bool:
+def boolean(data: Mapping[str, Any], key: str, default: bool, *, where: str = "") -> bool:
+    """`data[key]`, which must be true or false (`default` when absent or null)."""
     value = data.get(key)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise RequestError(400, f"{key} must be true or false, got {value!r}")
+        raise RequestError(400, f"{where}{key} must be true or false, got {shown(value)}")
+    return value
+
+
+def mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """`data[key]`, which must be an object (`{}` when absent or null).
+
+    >>> mapping({"options": []}, "options")
+    Traceback (most recent call last):
+    ...
+    sftkit.serve.jobs.RequestError: options must be an object, got []
+    """
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(400, f"{key} must be an object, got {shown(value)}")
+    return value
+
+
+def array(data: Mapping[str, Any], key: str) -> list[Any]:
+    """`data[key]`, which must be a list (`[]` when absent or null)."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RequestError(400, f"{key} must be a list, got {shown(value)}")
     return value
 
 
@@ -93,7 +171,7 @@ def stop_strings(value: Any, *, where: str = "") -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(stop, str) for stop in value):
         raise RequestError(400, f"{where}stop must be a string or a list of strings, "
-                                f"got {value!r}")
+                                f"got {shown(value)}")
     return tuple(stop for stop in value if stop)
 
 
@@ -103,7 +181,7 @@ def seed(data: Mapping[str, Any], key: str = "seed", *, where: str = "") -> int 
     if value is None or value < 0:
         return None
     if value >= SEED_RANGE:
-        raise RequestError(400, f"{where}{key} must be below 2**63, got {value}")
+        raise RequestError(400, f"{where}{key} must be below 2**63, got {shown(value)}")
     return value
 
 
@@ -122,10 +200,12 @@ def requested_model(data: Mapping[str, Any], served: str, key: str = "model") ->
     """The model the request names, checked against the served one (400 if none, 404 if
     another)."""
     model = data.get(key)
-    if not isinstance(model, str) or not model.strip():
+    if model is not None and not isinstance(model, str):
+        raise RequestError(400, f"{key} must be a string, got {shown(model)}")
+    if not model or not model.strip():
         raise RequestError(400, f"{key} is required (this server serves {served!r})")
     if model not in accepted_names(served):
-        raise RequestError(404, f"model {model!r} not found: this server serves only "
+        raise RequestError(404, f"model {shown(model)} not found: this server serves only "
                                 f"{served!r} (also as {listed_name(served)!r})")
     return model
 
@@ -140,11 +220,12 @@ def chat_messages(value: Any, *, text_parts: bool = False) -> list[dict[str, str
     messages = []
     for index, message in enumerate(value):
         if not isinstance(message, dict):
-            raise RequestError(400, f"messages[{index}] must be an object, got {message!r}")
+            raise RequestError(400, f"messages[{index}] must be an object, got {shown(message)}")
         role = "system" if message.get("role") == "developer" else message.get("role")
         if role not in ROLES:
             raise RequestError(400, f"messages[{index}].role must be one of {', '.join(ROLES)}; "
-                                    f"got {message.get('role')!r} (tools are not supported)")
+                                    f"got {shown(message.get('role'))} (tools are not "
+                                    "supported)")
         if message.get("images"):
             raise RequestError(400, f"messages[{index}] has images; this model reads text only")
         content = message.get("content")
@@ -154,7 +235,7 @@ def chat_messages(value: Any, *, text_parts: bool = False) -> list[dict[str, str
             content = ""
         if not isinstance(content, str):
             raise RequestError(400, f"messages[{index}].content must be a string, "
-                                    f"got {content!r}")
+                                    f"got {shown(content)}")
         messages.append({"role": role, "content": content})
     return messages
 
@@ -165,6 +246,6 @@ def _text_of_parts(parts: list[Any], index: int) -> str:
         if not isinstance(part, dict) or part.get("type") != "text" \
                 or not isinstance(part.get("text"), str):
             raise RequestError(400, f"messages[{index}].content: only text parts are "
-                                    f"supported, got {part!r}")
+                                    f"supported, got {shown(part)}")
         texts.append(part["text"])
     return "\n".join(texts)
