@@ -259,7 +259,7 @@ def test_layer_beyond_block_count_is_an_error(tmp_path):
 def test_embedded_missing_package_says_how_to_install(monkeypatch):
     from importlib import metadata
 
-    from sftkit.checkpoints import embedded as embedded_module
+    from sftkit.tokenizers import embedded as embedded_module
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
@@ -270,7 +270,7 @@ def test_embedded_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_embedded_file_not_in_record_is_an_error(monkeypatch):
-    from sftkit.checkpoints import embedded as embedded_module
+    from sftkit.tokenizers import embedded as embedded_module
 
     class NoFiles:
         version, files = "0.1.2", []
@@ -303,7 +303,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def embedded_path() -> Path:
-    from sftkit.checkpoints.embedded import embedded_gguf_path
+    from sftkit.tokenizers.embedded import embedded_gguf_path
 
     try:
         return embedded_gguf_path()

@@ -50,7 +50,7 @@ def _offline(config) -> str:
     from sftkit.errors import SftkitError
 
     if config.embedded_gguf:
-        from sftkit.checkpoints.embedded import embedded_gguf_path
+        from sftkit.tokenizers.embedded import embedded_gguf_path
 
         try:
             embedded_gguf_path()

@@ -11,7 +11,7 @@ from sftkit.data.records import inspect_records, parse_field_mapping, split_reco
 from sftkit.data.sources import load_source
 from sftkit.data.summary import format_summary, summarize
 from sftkit.io import write_json_atomic
-from sftkit.tokenizer import Tokenizer, load_tokenizer
+from sftkit.tokenizers import Tokenizer, load_tokenizer
 
 
 def prepare_dataset(
