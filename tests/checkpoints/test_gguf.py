@@ -436,3 +436,20 @@ def test_greedy_continuation_matches_transformers(embedded, our_model, reference
     assert ours == theirs
     assert "Paris" in embedded.tokenizer.decode(ours[len(prompt):])
 
+
+
+def test_tokenizer_only_reads_the_metadata(tmp_path, monkeypatch):
+    from sftkit.checkpoints import gguf as checkpoint_gguf
+    from sftkit.checkpoints import load_pretrained_tokenizer
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", _hf_state_dict(tied=True))
+    expected = read_gguf(path).tokenizer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the tensors were read for a tokenizer")
+
+    monkeypatch.setattr(checkpoint_gguf, "read_gguf", refuse)
+    tokenizer = load_pretrained_tokenizer(str(path))
+    text = "<|im_start|>he the"
+    assert tokenizer.encode(text) == expected.encode(text) == [1, 259, 260, 259]
+    assert (tokenizer.eos_id, tokenizer.pad_id) == (expected.eos_id, expected.pad_id)
