@@ -8,9 +8,8 @@ import json
 import pytest
 import torch
 
-from sftkit.checkpoints import book, hf, load_pretrained, load_pretrained_tokenizer, native
+from sftkit.checkpoints import book, hf, load_pretrained, load_pretrained_tokenizer, native, weights
 from sftkit.checkpoints import gguf as checkpoint_gguf
-from sftkit.checkpoints import weights
 from sftkit.checkpoints.book import save_book_checkpoint
 from sftkit.checkpoints.native import save_native
 from sftkit.cli import main

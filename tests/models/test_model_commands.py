@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from sftkit.checkpoints import hub
-from sftkit.tokenizers import embedded
 from sftkit.checkpoints.native import save_native
 from sftkit.cli import main
 from sftkit.errors import SftkitError
 from sftkit.models import ModelConfig, build_model
-from sftkit.tokenizers import gpt2_tokenizer
+from sftkit.tokenizers import embedded, gpt2_tokenizer
 
 
 def table(capsys) -> dict[str, list[str]]:

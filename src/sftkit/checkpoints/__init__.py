@@ -137,10 +137,12 @@ def load_pretrained_tokenizer(source: str, *,
     side files only, never its weights); a book `.pth` holds GPT-2, whose BPE it gets.
 
     Example:
-        >>> load_pretrained_tokenizer("gpt2").name
+        >>> load_pretrained_tokenizer("gpt2").name  # a preset: no download for GPT-2's BPE
         'gpt2'
-        >>> load_pretrained_tokenizer("smollm2-135m-instruct").encode("<|im_end|>")
-        [2]
+        >>> load_pretrained_tokenizer("model.gguf")
+        Traceback (most recent call last):
+        ...
+        sftkit.errors.SftkitError: no such file or directory: model.gguf
     """
     kind, target = resolve_source(source)
     if kind == "preset":

@@ -14,7 +14,6 @@ shapes: it is the GPT-2 preset's of the same width (768 -> 12, 1024 -> 16, 1280 
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-from typing import Any
     >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=2, context_length=64))
     >>> path = save_book_checkpoint(model, Path(tempfile.mkdtemp()) / "model.pth")
     >>> loaded = load_book_checkpoint(path)
@@ -25,6 +24,7 @@ from typing import Any
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,7 +33,7 @@ from sftkit.checkpoints.keymaps import GPT2_BOOK, convert_from_ours, layer_templ
 from sftkit.checkpoints.weights import model_from_state_dict, saved_state_dict
 from sftkit.errors import SftkitError
 from sftkit.io import atomic_path
-from sftkit.models import PRESETS, Model, ModelConfig, build_model
+from sftkit.models import PRESETS, Model, ModelConfig
 
 _QUERY_BIAS = "trf_blocks.0.att.W_query.bias"
 _EMBEDDING = "tok_emb.weight"

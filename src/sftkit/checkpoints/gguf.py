@@ -10,14 +10,11 @@ it into what a Hugging Face `LlamaForCausalLM` directory would hold, so one load
 - `tokenizer`: the byte-level BPE from `tokenizer.ggml.*`, rebuilt with HF `tokenizers`.
 
 Example:
-    >>> from sftkit.tokenizers.embedded import embedded_gguf_path
-    >>> checkpoint = read_gguf(embedded_gguf_path())
-    >>> checkpoint.hf_config["num_key_value_heads"], checkpoint.metadata["quantization"]
-    (3, 'MOSTLY_Q4_1')
-    >>> checkpoint.state_dict["model.layers.0.self_attn.k_proj.weight"].shape
-    torch.Size([192, 576])
-    >>> checkpoint.tokenizer.encode("<|im_start|>user")
-    [1, 4093]
+    >>> gguf_to_hf_key("blk.0.attn_k.weight"), hf_to_gguf_key("model.norm.weight")
+    ('model.layers.0.self_attn.k_proj.weight', 'output_norm.weight')
+
+`read_gguf(path)` reads a whole file (the embedded SmolLM2: 272 tensors, dequantized in about
+5 s); `sftkit.tokenizers.read_gguf_tokenizer` reads only its tokenizer.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tenso
         raise SftkitError(f"{source}: a {keymap.family} key map cannot load a "
                           f"{config.family} model")
     if keymap is None:
-        ours, origin, unknown = dict(state_dict), {name: name for name in state_dict}, []
+        ours, origin = dict(state_dict), {name: name for name in state_dict}
+        unknown: list[str] = []
     else:
         ours, origin, unknown = convert_to_ours(state_dict, keymap)
     expected = expected_shapes(config)

@@ -4,8 +4,7 @@ This module also owns reading a GGUF's metadata (`open_gguf_reader`, `metadata_v
 `sftkit.checkpoints.gguf` uses for the rest of the file: tokenizers never import checkpoints.
 
 Example:
-    >>> from sftkit.tokenizers.embedded import embedded_gguf_path
-    >>> tok = read_gguf_tokenizer(embedded_gguf_path(), name="smollm2")
+    >>> tok = smollm2_tokenizer()  # the embedded GGUF's, read once per process
     >>> tok.encode("<|im_start|>user"), tok.eos_id
     ([1, 4093], 2)
 """
@@ -66,9 +65,10 @@ def open_gguf_reader(path: Path) -> Any:
     """A `gguf.GGUFReader` over `path` (memory-mapped: nothing is read until asked for).
 
     Example:
-        >>> from sftkit.tokenizers.embedded import embedded_gguf_path
-        >>> len(open_gguf_reader(embedded_gguf_path()).tensors)
-        272
+        >>> open_gguf_reader(Path("absent.gguf"))
+        Traceback (most recent call last):
+        ...
+        sftkit.errors.SftkitError: GGUF file not found: absent.gguf
     """
     from gguf import GGUFReader
 
@@ -83,15 +83,8 @@ def open_gguf_reader(path: Path) -> Any:
 
 
 def metadata_values(reader: Any, path: Path) -> dict[str, Any]:
-    """Every metadata field as a Python value (strings, numbers, lists).
-
-    Example:
-        >>> from sftkit.tokenizers.embedded import embedded_gguf_path
-        >>> path = embedded_gguf_path()
-        >>> metadata_values(open_gguf_reader(path), path)["general.architecture"]
-        'llama'
-    """
-    values = {}
+    """Every metadata field of an open reader as a Python value (strings, numbers, lists)."""
+    values: dict[str, Any] = {}
     for key, reader_field in reader.fields.items():
         try:
             values[key] = reader_field.contents()
@@ -116,12 +109,12 @@ def tokenizer_from_gguf_metadata(values: Mapping[str, Any], source: str = "GGUF"
     file's padding id, else eos.
 
     Example:
-        >>> from sftkit.tokenizers.embedded import embedded_gguf_path
-        >>> path = embedded_gguf_path()
-        >>> values = metadata_values(open_gguf_reader(path), path)
-        >>> tok = tokenizer_from_gguf_metadata(values, name="smollm2")
-        >>> tok.eos_id, tok.pad_id
-        (2, 2)
+        >>> values = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.eos_token_id": 0,
+        ...           "tokenizer.ggml.tokens": ["<eos>", "h", "e", "he"],
+        ...           "tokenizer.ggml.merges": ["h e"], "tokenizer.ggml.token_type": [3, 1, 1, 1]}
+        >>> tok = tokenizer_from_gguf_metadata(values, name="tiny")
+        >>> tok.encode("heh<eos>"), tok.eos_id, tok.pad_id
+        ([3, 1, 0], 0, 0)
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models
 
@@ -166,7 +159,7 @@ def _pre_tokenizer(values: Mapping[str, Any], source: str) -> Any:
         raise SftkitError(f"{source}: pre-tokenizer {pre!r} is not supported; supported: "
                           f"{', '.join(sorted(PRE_TOKENIZERS))}")
     add_prefix_space = bool(values.get("tokenizer.ggml.add_space_prefix", False))
-    steps = []
+    steps: list[Any] = []
     for step in PRE_TOKENIZERS[pre]:
         if step == "digits":
             steps.append(pre_tokenizers.Digits(individual_digits=True))
