@@ -20,11 +20,18 @@ from typing import Any
 import torch
 
 from sftkit.checkpoints.files import read_safetensors, read_tensor_pickle
-from sftkit.checkpoints.keymaps import HF_KEYMAPS
-from sftkit.checkpoints.weights import model_from_state_dict
+from sftkit.checkpoints.keymaps import HF_KEYMAPS, convert_from_ours
+from sftkit.checkpoints.weights import model_from_state_dict, saved_state_dict
 from sftkit.errors import SftkitError
+from sftkit.io import atomic_directory
 from sftkit.models import Model, ModelConfig
-from sftkit.tokenizers import HFTokenizer, TiktokenTokenizer, Tokenizer, gpt2_tokenizer
+from sftkit.tokenizers import (
+    HFTokenizer,
+    TiktokenTokenizer,
+    Tokenizer,
+    gpt2_bpe_files,
+    gpt2_tokenizer,
+)
 
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -97,7 +104,13 @@ def model_from_hf_state_dict(config: ModelConfig, state_dict: dict[str, torch.Te
     """Our model from HF-named tensors (every tensor shape-checked).
 
     Example:
-        >>> model = model_from_hf_state_dict(config, read_hf_state_dict(path))  # doctest: +SKIP
+        >>> from sftkit.models import build_model
+        >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4)
+        >>> hf_names = convert_from_ours(saved_state_dict(build_model(config)), HF_KEYMAPS["gpt2"])
+        >>> hf_names["h.0.attn.c_attn.weight"].shape  # fused and transposed, as HF stores it
+        torch.Size([32, 96])
+        >>> model_from_hf_state_dict(config, hf_names).num_parameters() == config.num_parameters()
+        True
     """
     # GPT2LMHeadModel.save_pretrained prefixes names with "transformer."; the Hub's own GPT-2
     # files (saved from GPT2Model) do not. Both are the same layout.
@@ -233,17 +246,18 @@ def save_hf_directory(model: Model, directory: str | Path,
     tokenizer files), loadable with `transformers.AutoModelForCausalLM.from_pretrained`.
 
     Example:
-        >>> save_hf_directory(model, "runs/default/model-hf", tokenizer)  # doctest: +SKIP
-        >>> GPT2LMHeadModel.from_pretrained("runs/default/model-hf")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from sftkit.models import build_model
+        >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4))
+        >>> folder = save_hf_directory(model, tempfile.mkdtemp(), gpt2_tokenizer())
+        >>> sorted(path.name for path in folder.iterdir())
+        ['config.json', 'merges.txt', 'model.safetensors', 'vocab.json']
+        >>> load_hf_directory(folder)[0].config.n_layers
+        1
     """
     import shutil
 
     from safetensors.torch import save_file
-
-    from sftkit.checkpoints.keymaps import convert_from_ours
-    from sftkit.checkpoints.weights import saved_state_dict
-    from sftkit.io import atomic_directory
-    from sftkit.tokenizers import gpt2_bpe_files
 
     config = model.config
     tensors = convert_from_ours(saved_state_dict(model), HF_KEYMAPS[config.family])
