@@ -12,7 +12,7 @@ import torch
 from sftkit.data.prompts import PromptStyle, get_style
 from sftkit.data.records import Splits, load_records, split_records
 from sftkit.models import PRESETS
-from sftkit.tokenizer import Tokenizer, load_tokenizer
+from sftkit.tokenizers import Tokenizer, load_tokenizer
 
 
 @dataclass(frozen=True)

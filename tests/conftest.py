@@ -56,7 +56,7 @@ def tiny_model_dir(tmp_path):
 
     from sftkit.checkpoints.native import save_native
     from sftkit.models import ModelConfig, build_model
-    from sftkit.tokenizer import gpt2_tokenizer
+    from sftkit.tokenizers import gpt2_tokenizer
 
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,

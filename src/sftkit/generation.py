@@ -240,7 +240,7 @@ class TextStreamer:
     """Turns generated tokens into printable text increments: holds back incomplete UTF-8
     characters and anything that may be the start of a stop string, and ends at a stop string.
 
-    >>> from sftkit.tokenizer import gpt2_tokenizer
+    >>> from sftkit.tokenizers import gpt2_tokenizer
     >>> tok = gpt2_tokenizer()
     >>> streamer = TextStreamer(tok.decode, stop_strings=("###",))
     >>> "".join(streamer.feed(t) for t in tok.encode("Hi there ### more"))

@@ -259,7 +259,7 @@ def test_layer_beyond_block_count_is_an_error(tmp_path):
 def test_embedded_missing_package_says_how_to_install(monkeypatch):
     from importlib import metadata
 
-    from sftkit.checkpoints import embedded as embedded_module
+    from sftkit.tokenizers import embedded as embedded_module
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
@@ -270,7 +270,7 @@ def test_embedded_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_embedded_file_not_in_record_is_an_error(monkeypatch):
-    from sftkit.checkpoints import embedded as embedded_module
+    from sftkit.tokenizers import embedded as embedded_module
 
     class NoFiles:
         version, files = "0.1.2", []
@@ -303,7 +303,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def embedded_path() -> Path:
-    from sftkit.checkpoints.embedded import embedded_gguf_path
+    from sftkit.tokenizers.embedded import embedded_gguf_path
 
     try:
         return embedded_gguf_path()
@@ -436,3 +436,20 @@ def test_greedy_continuation_matches_transformers(embedded, our_model, reference
     assert ours == theirs
     assert "Paris" in embedded.tokenizer.decode(ours[len(prompt):])
 
+
+
+def test_tokenizer_only_reads_the_metadata(tmp_path, monkeypatch):
+    from sftkit.checkpoints import gguf as checkpoint_gguf
+    from sftkit.checkpoints import load_pretrained_tokenizer
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", _hf_state_dict(tied=True))
+    expected = read_gguf(path).tokenizer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the tensors were read for a tokenizer")
+
+    monkeypatch.setattr(checkpoint_gguf, "read_gguf", refuse)
+    tokenizer = load_pretrained_tokenizer(str(path))
+    text = "<|im_start|>he the"
+    assert tokenizer.encode(text) == expected.encode(text) == [1, 259, 260, 259]
+    assert (tokenizer.eos_id, tokenizer.pad_id) == (expected.eos_id, expected.pad_id)

@@ -14,7 +14,7 @@ from sftkit.checkpoints.hf import (
     save_hf_directory,
 )
 from sftkit.models import ModelConfig, build_model
-from sftkit.tokenizer import gpt2_tokenizer
+from sftkit.tokenizers import gpt2_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -15,7 +15,7 @@ from sftkit.checkpoints.native import save_native
 from sftkit.checkpoints.weights import saved_state_dict
 from sftkit.errors import SftkitError
 from sftkit.models import ModelConfig, build_model
-from sftkit.tokenizer import gpt2_tokenizer
+from sftkit.tokenizers import gpt2_tokenizer
 
 CONFIG = ModelConfig(family="gpt2", vocab_size=60, context_length=16, emb_dim=32, n_layers=2,
                      n_heads=4, qkv_bias=True)
@@ -94,21 +94,37 @@ def test_unknown_source():
         load_pretrained("no-such-model")
 
 
-def test_book_pth_needs_a_config(tmp_path):
+def test_book_pth_of_no_gpt2_width_asks_for_config(tmp_path):
     torch.manual_seed(0)
     path = save_book_checkpoint(build_model(CONFIG), tmp_path / "m.pth")
-    with pytest.raises(SftkitError, match=re.escape(f"{path}: a book .pth file does not record "
-                                                    "its shape; name its preset with --config")):
+    with pytest.raises(SftkitError, match=re.escape(
+            f"{path}: a GPT-2 32 wide matches no GPT-2 preset (768 (gpt2), 1024 (gpt2-medium)")
+            ) as caught:
         load_pretrained(str(path))
-    with pytest.raises(SftkitError, match="hold GPT-2 models; --config smollm2-135m is a llama"):
+    assert "give its shape with config=" in str(caught.value)
+    assert "--config" not in str(caught.value)  # chat and serve have no such flag
+    assert load_pretrained(str(path), config=CONFIG).config.n_heads == 4
+    with pytest.raises(SftkitError, match="hold GPT-2 models; config smollm2-135m is a llama"):
         load_pretrained(str(path), config="smollm2-135m")
 
 
-def test_pth_holding_code_is_refused(tmp_path):
+def test_pth_holding_code_is_refused_without_torchs_hint(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": CONFIG}, path)  # a pickled Python object, not tensors
-    with pytest.raises(SftkitError, match="cannot be read as plain tensors"):
+    with pytest.raises(SftkitError) as caught:
         load_pretrained(str(path), config="gpt2")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: refused: the file holds a pickled Python object "
+                              "(sftkit.models.config.ModelConfig), not only tensors")
+    assert "weights_only" not in message and "trust" not in message
+
+
+def test_truncated_pth_is_named(tmp_path):
+    torch.manual_seed(0)
+    path = save_book_checkpoint(build_model(CONFIG), tmp_path / "m.pth")
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(SftkitError, match=re.escape(f"{path}: truncated or corrupt PyTorch file")):
+        load_pretrained(str(path), config=CONFIG)
 
 
 def test_native_errors(tmp_path):
@@ -200,3 +216,76 @@ def test_hub_id_loads_through_the_cache(monkeypatch, tmp_path):
     # a preset's own repo is checked against the preset's numbers
     with pytest.raises(SftkitError, match="does not match preset gpt2"):
         load_pretrained("openai-community/gpt2")
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def test_truncated_native_safetensors_says_so(tmp_path):
+    torch.manual_seed(0)
+    directory = save_native(build_model(CONFIG), gpt2_tokenizer(), tmp_path / "model")
+    _truncate(directory / "model.safetensors")
+    with pytest.raises(SftkitError, match=re.escape(
+            f"{directory / 'model.safetensors'}: truncated or corrupt safetensors file")):
+        load_pretrained(str(directory))
+
+
+def test_truncated_hf_safetensors_says_so(tmp_path):
+    save_file(hf_gpt2_state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "gpt2", "vocab_size": 60, "n_positions": 16, "n_embd": 32, "n_layer": 2,
+         "n_head": 4}))
+    _truncate(tmp_path / "model.safetensors")
+    with pytest.raises(SftkitError, match=re.escape(
+            f"{tmp_path / 'model.safetensors'}: truncated or corrupt safetensors file")):
+        load_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("source", ["runs/missing", "./missing", "../missing", "~/no/such/x",
+                                    "missing.gguf", "missing.pth", "/no/such/dir"])
+def test_a_missing_path_is_no_such_file_not_a_hub_id(tmp_path, monkeypatch, source):
+    import huggingface_hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", pytest.fail)
+    with pytest.raises(SftkitError, match=re.escape(f"no such file or directory: {source}")):
+        load_pretrained(source)
+
+
+def test_an_org_name_with_no_local_directory_goes_to_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    asked = []
+
+    def not_found(repo_id, allow_patterns, cache_dir=None):
+        asked.append(repo_id)
+        raise LocalEntryNotFoundError("offline and not cached")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_found)
+    with pytest.raises(SftkitError, match="someone/model is not in the local cache"):
+        load_pretrained("someone/model")
+    assert asked == ["someone/model"]
+
+
+def test_a_run_directory_loads_its_model(tmp_path):
+    torch.manual_seed(0)
+    run = tmp_path / "runs" / "x"
+    save_native(build_model(CONFIG), gpt2_tokenizer(), run / "model")
+    (run / "config.toml").write_text("")
+    loaded = load_pretrained(str(run))
+    assert loaded.source == f"sftkit model {run / 'model'}"
+    assert loaded.config.architecture() == CONFIG.architecture()
+
+
+def test_a_run_directory_without_a_model_says_train_it_first(tmp_path):
+    run = tmp_path / "runs" / "x"
+    (run / "data").mkdir(parents=True)
+    (run / "config.toml").write_text("")
+    with pytest.raises(SftkitError, match=re.escape(
+            f"{run} is a run directory without a trained model yet")) as caught:
+        load_pretrained(str(run))
+    assert "train it first" in str(caught.value)

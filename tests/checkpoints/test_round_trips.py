@@ -18,7 +18,7 @@ from sftkit.checkpoints.keymaps import (
 from sftkit.checkpoints.native import is_native_directory, load_native, save_native
 from sftkit.checkpoints.weights import saved_state_dict
 from sftkit.models import ModelConfig, build_model
-from sftkit.tokenizer import HFTokenizer, gpt2_tokenizer
+from sftkit.tokenizers import HFTokenizer, gpt2_tokenizer
 
 GPT2_TINY = dict(n_layers=2, emb_dim=32, n_heads=4, context_length=16)
 LLAMA_TINY = dict(n_layers=2, emb_dim=32, n_heads=4, n_kv_heads=2, hidden_dim=64,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sftkit.checkpoints import embedded, hub
+from sftkit.checkpoints import hub
 from sftkit.cli import main
+from sftkit.tokenizers import embedded
 
 
 def test_missing_embedded_package_says_why_and_how_to_install(monkeypatch, capsys):

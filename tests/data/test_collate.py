@@ -74,7 +74,7 @@ def test_encoded_example_finds_the_prompt(char_tokenizer):
 def test_equals_reference_on_real_gpt2_batch():
     from sftkit.data.dataset import InstructionDataset
     from sftkit.data.prompts import get_style
-    from sftkit.tokenizer import gpt2_tokenizer
+    from sftkit.tokenizers import gpt2_tokenizer
 
     records = [
         {"instruction": "Convert 45 kilometers to meters.", "input": "",

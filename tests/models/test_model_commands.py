@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftkit.checkpoints import embedded, hub
+from sftkit.checkpoints import hub
 from sftkit.checkpoints.native import save_native
 from sftkit.cli import main
 from sftkit.errors import SftkitError
 from sftkit.models import ModelConfig, build_model
-from sftkit.tokenizer import gpt2_tokenizer
+from sftkit.tokenizers import embedded, gpt2_tokenizer
 
 
 def table(capsys) -> dict[str, list[str]]:

@@ -21,7 +21,7 @@ from sftkit.checkpoints.native import save_native
 from sftkit.data.prompts import PromptStyle, get_style
 from sftkit.generation import GenerationConfig, generate
 from sftkit.models import ModelConfig, build_model
-from sftkit.tokenizer import gpt2_tokenizer
+from sftkit.tokenizers import gpt2_tokenizer
 
 TINY_NAME = "tiny"
 TINY_CONTEXT = 1024  # long enough for a generation that lasts seconds (the disconnect test)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ollama
 import pytest
 
-from sftkit.checkpoints import embedded
+from sftkit.tokenizers import embedded
 
 
 def _embedded_available() -> bool:

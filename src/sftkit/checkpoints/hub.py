@@ -36,6 +36,12 @@ def download(repo_id: str, *, cache_dir: str | Path | None = None) -> Path:
     return directory
 
 
+def download_side_files(repo_id: str, *, cache_dir: str | Path | None = None) -> Path:
+    """The local snapshot directory of `repo_id` with its config and tokenizer files only: what
+    `load_pretrained_tokenizer` needs, without the weights."""
+    return _snapshot(repo_id, SIDE_FILES, cache_dir)
+
+
 def _snapshot(repo_id: str, patterns: list[str], cache_dir: str | Path | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (

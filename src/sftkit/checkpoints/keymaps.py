@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -48,29 +49,46 @@ class UnknownKeyError(KeyError):
     """A tensor name the map does not know (reported together with all the others)."""
 
 
-def get_mapped_key(key: str, mapping: dict[str, Target]) -> Target:
+def layer_template(key: str) -> tuple[str, str | None]:
+    """`key` with its layer number taken out as `{}`, and that number (None if it has none).
+
+    This and `with_layer` are the one place layer-numbered names are templated, for every
+    format (Hugging Face, GGUF, the book's).
+
+    Example:
+        >>> layer_template("h.11.attn.c_proj.weight"), layer_template("wte.weight")
+        (('h.{}.attn.c_proj.weight', '11'), ('wte.weight', None))
+    """
+    match = _LAYER.search(key)
+    if match is None:
+        return key, None
+    return key[: match.start()] + ".{}." + key[match.end():], match.group(1)
+
+
+def with_layer(template: str, layer: str | int | None) -> str:
+    """`template` with its `{}` filled by `layer` (a name without a layer stays as it is).
+
+    Example:
+        >>> with_layer("blocks.{}.mlp.fc.weight", 3), with_layer("tok_emb.weight", None)
+        ('blocks.3.mlp.fc.weight', 'tok_emb.weight')
+    """
+    return template if layer is None else template.format(layer)
+
+
+def get_mapped_key(key: str, mapping: Mapping[str, Target]) -> Target:
     """The target of `key` in `mapping`, with its layer number put back; raises on unknown keys.
 
     Example:
         >>> get_mapped_key("model.layers.7.mlp.up_proj.weight", LLAMA_HF.to_ours)
         'blocks.7.mlp.up_proj.weight'
     """
-    match = _LAYER.search(key)
-    template = key if match is None else key[: match.start()] + ".{}." + key[match.end():]
+    template, layer = layer_template(key)
     if template not in mapping:
         raise UnknownKeyError(key)
     target = mapping[template]
-    if match is None or target is None:
-        return target
-    layer = match.group(1)
     if isinstance(target, tuple):
-        return tuple(name.format(layer) for name in target)
-    return target.format(layer)
-
-
-def _template(key: str) -> str:
-    match = _LAYER.search(key)
-    return key if match is None else key[: match.start()] + ".{}." + key[match.end():]
+        return tuple(with_layer(name, layer) for name in target)
+    return None if target is None else with_layer(target, layer)
 
 
 @dataclass(frozen=True)
@@ -82,13 +100,23 @@ class KeyMap:
     to_ours: dict[str, Target]
     transposed: frozenset[str] = field(default_factory=frozenset)
 
-    def from_ours(self) -> dict[str, str | tuple[str, ...]]:
+    def from_ours(self) -> dict[str | tuple[str, ...], str]:
         """The inverse map (our name or fused tuple -> theirs); dropped names have no inverse."""
-        inverse: dict[str, str | tuple[str, ...]] = {}
-        for theirs, ours in self.to_ours.items():
-            if ours is not None:
-                inverse[ours] = theirs  # type: ignore[index]
-        return inverse
+        return {ours: theirs for theirs, ours in self.to_ours.items() if ours is not None}
+
+    def their_name(self, ours: str) -> str:
+        """The name our tensor `ours` has in this layout (a fused tensor's whole name).
+
+        Example:
+            >>> GPT2_HF.their_name("blocks.2.attn.k_proj.weight")
+            'h.2.attn.c_attn.weight'
+        """
+        template, layer = layer_template(ours)
+        for target, theirs in self.from_ours().items():
+            members = target if isinstance(target, tuple) else (target,)
+            if template in members:
+                return with_layer(theirs, layer)
+        raise UnknownKeyError(ours)
 
 
 def convert_to_ours(state_dict: dict[str, torch.Tensor],
@@ -109,7 +137,7 @@ def convert_to_ours(state_dict: dict[str, torch.Tensor],
             continue
         if target is None:
             continue
-        if _template(key) in keymap.transposed:
+        if layer_template(key)[0] in keymap.transposed:
             # GPT-2's Conv1D stores (in, out); nn.Linear wants (out, in). The one place it flips.
             tensor = tensor.t()
         if isinstance(target, tuple):
@@ -132,20 +160,18 @@ def convert_from_ours(state_dict: dict[str, torch.Tensor],
                    for part in target}
     result: dict[str, torch.Tensor] = {}
     for key in state_dict:
-        template = _template(key)
-        match = _LAYER.search(key)
-        layer = match.group(1) if match else ""
+        template, layer = layer_template(key)
         if template in fused_parts:
             group = fused_parts[template]
             if template != group[0]:
                 continue  # the whole group is written once, at its first member
-            tensor = torch.cat([state_dict[part.format(layer)] for part in group], dim=0)
-            theirs = inverse[group].format(layer)
+            tensor = torch.cat([state_dict[with_layer(part, layer)] for part in group], dim=0)
+            theirs = with_layer(inverse[group], layer)
         elif template in inverse:
-            tensor, theirs = state_dict[key], inverse[template].format(layer)
+            tensor, theirs = state_dict[key], with_layer(inverse[template], layer)
         else:
             raise UnknownKeyError(key)
-        if _template(theirs) in keymap.transposed:
+        if layer_template(theirs)[0] in keymap.transposed:
             tensor = tensor.t()
         result[theirs] = tensor.contiguous()
     return result

@@ -6,8 +6,13 @@ JSON and safetensors only, so it never executes code. Saving builds the director
 destination and renames it into place, so readers never see a half-written model.
 
 Example:
-    >>> save_native(model, tokenizer, "runs/demo/model")  # doctest: +SKIP
-    >>> model, tokenizer = load_native("runs/demo/model")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4)
+    >>> folder = save_native(build_model(config), gpt2_tokenizer(), tempfile.mkdtemp())
+    >>> model, tokenizer = load_native(folder)
+    >>> sorted(path.name for path in folder.iterdir()), model.config.n_layers
+    (['config.json', 'model.safetensors'], 1)
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from typing import Any
 
 import torch
 
+from sftkit.checkpoints.files import read_safetensors
 from sftkit.checkpoints.weights import model_from_state_dict, saved_state_dict
 from sftkit.errors import SftkitError
 from sftkit.io import atomic_directory
 from sftkit.models import Model, ModelConfig
-from sftkit.tokenizer import HFTokenizer, TiktokenTokenizer, Tokenizer, gpt2_tokenizer
+from sftkit.tokenizers import HFTokenizer, TiktokenTokenizer, Tokenizer, gpt2_tokenizer
 
 FORMAT = "sftkit"
 FORMAT_VERSION = 1
@@ -72,10 +78,33 @@ def _tokenizer_spec(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
 def load_native(directory: str | Path, *,
                 dtype: torch.dtype | str | None = None) -> tuple[Model, Tokenizer]:
     """Model and tokenizer from a directory written by `save_native`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
+    document, config_path = _read_document(directory)
+    config = ModelConfig.from_dict(document.get("model") or {}, source=str(config_path))
+    weights_path = directory / WEIGHTS_FILE
+    model = model_from_state_dict(config, read_safetensors(weights_path),
+                                  source=str(weights_path), dtype=dtype)
+    return model, _load_tokenizer(document.get("tokenizer") or {}, directory, config_path)
+
+
+def load_native_tokenizer(directory: str | Path) -> Tokenizer:
+    """Only the tokenizer of a directory written by `save_native` (no weight is read).
+
+    Example:
+        >>> import tempfile
+        >>> from sftkit.models import ModelConfig, build_model
+        >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4)
+        >>> folder = save_native(build_model(config), gpt2_tokenizer(), tempfile.mkdtemp())
+        >>> load_native_tokenizer(folder).name
+        'gpt2'
+    """
+    directory = Path(directory)
+    document, config_path = _read_document(directory)
+    return _load_tokenizer(document.get("tokenizer") or {}, directory, config_path)
+
+
+def _read_document(directory: Path) -> tuple[dict[str, Any], Path]:
+    """The checked `config.json` of a native directory, and its path."""
     config_path = directory / CONFIG_FILE
     try:
         document = json.loads(config_path.read_text(encoding="utf-8"))
@@ -83,19 +112,12 @@ def load_native(directory: str | Path, *,
         raise SftkitError(f"{config_path}: cannot read ({error})") from None
     except ValueError as error:
         raise SftkitError(f"{config_path}: not valid JSON ({error})") from None
-    if document.get("format") != FORMAT:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise SftkitError(f"{config_path}: not an sftkit model (no \"format\": \"{FORMAT}\")")
     if document.get("format_version") != FORMAT_VERSION:
         raise SftkitError(f"{config_path}: format_version {document.get('format_version')!r} "
                           f"is not supported (this sftkit reads {FORMAT_VERSION})")
-    config = ModelConfig.from_dict(document.get("model") or {}, source=str(config_path))
-    weights_path = directory / WEIGHTS_FILE
-    try:
-        state = load_file(weights_path)
-    except (OSError, SafetensorError) as error:
-        raise SftkitError(f"{weights_path}: cannot read ({error})") from None
-    model = model_from_state_dict(config, state, source=str(weights_path), dtype=dtype)
-    return model, _load_tokenizer(document.get("tokenizer") or {}, directory, config_path)
+    return document, config_path
 
 
 def _load_tokenizer(spec: dict[str, Any], directory: Path, config_path: Path) -> Tokenizer:
@@ -103,14 +125,8 @@ def _load_tokenizer(spec: dict[str, Any], directory: Path, config_path: Path) ->
     if kind == "gpt2":
         return gpt2_tokenizer()
     if kind == "hf":
-        from tokenizers import Tokenizer as BackendTokenizer
-
-        path = directory / spec.get("file", TOKENIZER_FILE)
-        try:
-            backend = BackendTokenizer.from_file(str(path))
-        except Exception as error:  # tokenizers raises a bare Exception on bad files
-            raise SftkitError(f"{path}: cannot load the tokenizer ({error})") from None
-        return HFTokenizer(backend, name=spec.get("name", directory.name),
-                           eos_id=spec["eos_id"], pad_id=spec.get("pad_id"),
-                           vocab_size=spec.get("vocab_size"))
+        return HFTokenizer.from_file(directory / spec.get("file", TOKENIZER_FILE),
+                                     name=spec.get("name", directory.name),
+                                     eos_id=spec.get("eos_id"), pad_id=spec.get("pad_id"),
+                                     vocab_size=spec.get("vocab_size"))
     raise SftkitError(f"{config_path}: unknown tokenizer kind {kind!r} (expected gpt2 or hf)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from sftkit.checkpoints.keymaps import KeyMap, convert_to_ours
+from sftkit.checkpoints.keymaps import KeyMap, UnknownKeyError, convert_from_ours, convert_to_ours
 from sftkit.errors import SftkitError
 from sftkit.models import Model, ModelConfig, build_model
 
@@ -43,9 +43,25 @@ def saved_state_dict(model: Model) -> dict[str, torch.Tensor]:
     return state
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: ModelConfig,
+                    keymap: KeyMap | None = None) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a model of `config` stores: the one shape table for every
+    weight format. Our names, or, given a `keymap`, that layout's (fused and transposed as it
+    stores them). Read off a model built on the meta device, so it can never disagree with it.
+
+    Example:
+        >>> from sftkit.checkpoints.keymaps import GPT2_HF
+        >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4)
+        >>> expected_shapes(config)["blocks.0.attn.q_proj.weight"]
+        (32, 32)
+        >>> expected_shapes(config, GPT2_HF)["h.0.attn.c_attn.weight"]
+        (32, 96)
+    """
     with torch.device("meta"):
-        return {name: tuple(t.shape) for name, t in saved_state_dict(build_model(config)).items()}
+        state = saved_state_dict(build_model(config))
+        if keymap is not None:
+            state = convert_from_ours(state, keymap)
+    return {name: tuple(t.shape) for name, t in state.items()}
 
 
 def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tensor], *,
@@ -60,7 +76,8 @@ def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tenso
         raise SftkitError(f"{source}: a {keymap.family} key map cannot load a "
                           f"{config.family} model")
     if keymap is None:
-        ours, origin, unknown = dict(state_dict), {name: name for name in state_dict}, []
+        ours, origin = dict(state_dict), {name: name for name in state_dict}
+        unknown: list[str] = []
     else:
         ours, origin, unknown = convert_to_ours(state_dict, keymap)
     expected = expected_shapes(config)
@@ -79,8 +96,7 @@ def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tenso
 def _check(config: ModelConfig, ours: dict[str, torch.Tensor], origin: dict[str, str],
            unknown: list[str], expected: dict[str, tuple[int, ...]], source: str,
            keymap: KeyMap | None) -> None:
-    inverse = keymap.from_ours() if keymap else {}
-    missing = [f"{_their_name(name, inverse)} (model expects {list(shape)})"
+    missing = [f"{_their_name(name, keymap)} (model expects {list(shape)})"
                for name, shape in expected.items() if name not in ours]
     unexpected = [f"{key}" for key in unknown]
     unexpected += [f"{origin[name]} {list(tensor.shape)}" for name, tensor in ours.items()
@@ -102,17 +118,13 @@ def _check(config: ModelConfig, ours: dict[str, torch.Tensor], origin: dict[str,
     raise SftkitError("\n".join(lines))
 
 
-def _their_name(ours: str, inverse: dict) -> str:
+def _their_name(ours: str, keymap: KeyMap | None) -> str:
     """The name a missing tensor has in the file's own layout, for the error message."""
-    parts = ours.split(".")
-    layer = next((part for part in parts if part.isdigit()), None)
-    template = ".".join("{}" if part == layer else part for part in parts) if layer else ours
-    for target, theirs in inverse.items():
-        members = target if isinstance(target, tuple) else (target,)
-        if template in members:
-            name = theirs.format(layer) if layer else theirs
-            return ours if name == ours else f"{name} (ours: {ours})"
-    return ours
+    try:
+        theirs = ours if keymap is None else keymap.their_name(ours)
+    except UnknownKeyError:
+        return ours
+    return _describe(theirs, ours)
 
 
 def _describe(theirs: str, ours: str) -> str:

@@ -70,7 +70,7 @@ def _offline(config: ModelConfig) -> tuple[str, str]:
 
     missing = ""
     if config.embedded_gguf:
-        from sftkit.checkpoints.embedded import embedded_gguf_path
+        from sftkit.tokenizers.embedded import embedded_gguf_path
 
         try:
             embedded_gguf_path()

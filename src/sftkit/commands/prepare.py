@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "instruction, input, output)")
     parser.add_argument("--style", default="alpaca", help="prompt style: alpaca, phi3, chatml")
     parser.add_argument("--tokenizer", default="gpt2",
-                        help="gpt2 (default) or smollm2 (read from the embedded GGUF)")
+                        help="the tokenizer of this model: a preset (default gpt2), a model "
+                             "file or directory, a run directory or a Hub id (only its "
+                             "tokenizer is read); or smollm2 (the embedded GGUF's)")
     parser.add_argument("--out", required=True, help="directory for train/val/test.json")
     parser.add_argument("--train-fraction", type=float, default=0.85,
                         help="share of the records for training, the first ones")
@@ -31,10 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sftkit.checkpoints import load_pretrained_tokenizer
     from sftkit.data.prepare import prepare_dataset
+    from sftkit.tokenizers import TOKENIZERS, load_tokenizer
 
+    tokenizer = (load_tokenizer(args.tokenizer) if args.tokenizer in TOKENIZERS
+                 else load_pretrained_tokenizer(args.tokenizer))
     prepare_dataset(
-        args.data, args.out, style=args.style, tokenizer=args.tokenizer, fields=args.fields,
+        args.data, args.out, style=args.style, tokenizer=tokenizer, fields=args.fields,
         sha256=args.sha256, train_fraction=args.train_fraction,
         test_fraction=args.test_fraction, seed=args.seed, max_length=args.max_length,
         batch_size=args.batch_size,

@@ -1,7 +1,7 @@
 """Tokenized instruction datasets, batch samplers and the train / validation / test loaders.
 
 Example:
-    >>> from sftkit.tokenizer import load_tokenizer
+    >>> from sftkit.tokenizers import load_tokenizer
     >>> from sftkit.data.prompts import get_style
     >>> records = [{"instruction": "Say hi.", "input": "", "output": "Hi."}] * 4
     >>> data = InstructionDataset(records, load_tokenizer("gpt2"), get_style("alpaca"))
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sftkit.data.collate import Collator, EncodedExample
 from sftkit.data.prompts import PromptStyle
-from sftkit.tokenizer import Tokenizer
+from sftkit.tokenizers import Tokenizer
 
 
 def encode_example(

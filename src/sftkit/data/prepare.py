@@ -22,7 +22,7 @@ from sftkit.data.sources import load_source
 from sftkit.data.summary import format_summary, over_length_indices, summarize
 from sftkit.errors import SftkitError
 from sftkit.io import atomic_directory, write_json_atomic
-from sftkit.tokenizer import Tokenizer, load_tokenizer
+from sftkit.tokenizers import Tokenizer, load_tokenizer
 
 SPLIT_NAMES = ("train", "val", "test")
 PREPARED_FILES = tuple(f"{name}.json" for name in (*SPLIT_NAMES, "summary"))

@@ -10,7 +10,7 @@ Example (a tiny random model, asked in-process; `sftkit serve` serves a real one
     >>> from starlette.testclient import TestClient
     >>> from sftkit.checkpoints import LoadedModel
     >>> from sftkit.models import ModelConfig, build_model
-    >>> from sftkit.tokenizer import gpt2_tokenizer
+    >>> from sftkit.tokenizers import gpt2_tokenizer
     >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2)
     >>> engine = Engine(LoadedModel(build_model(config).eval(), config, gpt2_tokenizer(),
     ...                             "a tiny random GPT-2"), name="tiny")

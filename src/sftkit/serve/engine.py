@@ -14,7 +14,7 @@ Example:
     >>> import asyncio, torch
     >>> from sftkit.checkpoints import LoadedModel
     >>> from sftkit.models import ModelConfig, build_model
-    >>> from sftkit.tokenizer import gpt2_tokenizer
+    >>> from sftkit.tokenizers import gpt2_tokenizer
     >>> _ = torch.manual_seed(0)
     >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
     ...                                context_length=64)

