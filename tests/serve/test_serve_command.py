@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from sftkit import checkpoints
+from sftkit.checkpoints import resolve_source
 from sftkit.cli import build_parser, main
-from sftkit.commands.serve import default_name, model_source
+from sftkit.commands.serve import default_name
 from sftkit.errors import SftkitError
 
 
@@ -29,11 +30,11 @@ def test_a_run_directory_stands_for_its_model(tmp_path):
     (run / "model").mkdir(parents=True)
     (run / "config.toml").write_text("")
     with pytest.raises(SftkitError, match="without a trained model"):
-        model_source(str(run))
+        resolve_source(str(run))
     (run / "model" / "config.json").write_text("{}")
-    assert model_source(str(run)) == str(run / "model")
-    assert default_name(model_source(str(run))) == "sftkit-demo"
-    assert model_source("gpt2") == "gpt2"
+    assert resolve_source(str(run)) == ("path", str(run / "model"))
+    assert default_name(resolve_source(str(run))[1]) == "sftkit-demo"
+    assert resolve_source("gpt2") == ("preset", "gpt2")
 
 
 def test_the_command_line():

@@ -59,24 +59,6 @@ def port_number(text: str) -> int:
     return port
 
 
-def model_source(model: str) -> str:
-    """What to load for `--model`: a run directory stands for its `model/` directory.
-
-    >>> model_source("smollm2-135m-instruct")
-    'smollm2-135m-instruct'
-    """
-    from sftkit.errors import SftkitError
-
-    path = Path(model).expanduser()
-    if path.is_dir() and not (path / "config.json").exists():
-        if (path / "model" / "config.json").is_file():
-            return str(path / "model")
-        if (path / "config.toml").is_file():
-            raise SftkitError(f"{path} is a run without a trained model yet (no {path}/model/); "
-                              "train it first: sftkit run, or sftkit train")
-    return model
-
-
 def default_name(source: str) -> str:
     """The name a model answers to: the preset's, `sftkit-<run>` for a run's model, else the
     file or directory name; lower case, in the characters Ollama allows.
@@ -99,7 +81,7 @@ def default_name(source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sftkit.checkpoints import load_pretrained
+    from sftkit.checkpoints import load_pretrained, resolve_source
     from sftkit.data.prompts import get_style
     from sftkit.device import pick_device
     from sftkit.errors import SftkitError
@@ -111,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     if args.style:
         get_style(args.style)
-    source = model_source(args.model)
+    _, source = resolve_source(args.model)  # a run directory stands for its model/
     with listen(args.host, args.port) as listener:
         start = time.perf_counter()
         loaded = load_pretrained(source)
