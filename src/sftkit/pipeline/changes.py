@@ -126,7 +126,7 @@ def apply_config(run: RunDir, config: RunConfig, log: Callable[[str], None] = pr
     _remove_outputs(run, redo)
     run.write_config(config)
     again = ", ".join(stage for stage in (*NEVER_REDONE, *ANSWER_STAGES) if stage in redo)
-    log(f"[config] {'; '.join(changes)}: re-running {again or 'no stage'}")
+    log(f"[config] {'; '.join(changes)}: stages to redo: {again or 'none'}")
 
 
 def _refusal(run: RunDir, config: RunConfig, keys: list[str], redo: set[str]) -> str:
