@@ -5,7 +5,17 @@ from __future__ import annotations
 import builtins
 import json
 
+import pytest
+
+from sftkit.checkpoints import load_pretrained
 from sftkit.cli import main
+from sftkit.generation import (
+    GenerationConfig,
+    StopStrings,
+    generate,
+    generate_responses,
+    generation_settings,
+)
 
 ENTRIES = [{"instruction": "Name a color.", "input": "", "output": "Red.", "task": "color"},
            {"instruction": "Add the numbers.", "input": "2 3", "output": "5."}]
@@ -22,6 +32,24 @@ def test_generate_file_writes_the_book_format(tmp_path, tiny_model_dir, capsys):
     assert all(isinstance(entry["model_response"], str) for entry in answered)
     assert answered[0]["task"] == "color"
     assert "2 answers" in capsys.readouterr().out
+    loaded = load_pretrained(str(tiny_model_dir))
+    expected = generate_responses(loaded.model, loaded.tokenizer, loaded.style, ENTRIES,
+                                  GenerationConfig(max_new_tokens=5))
+    assert answered == expected  # the same answers as in-process
+
+
+def test_generate_prompt_prints_the_in_process_answer(tiny_model_dir, capsys):
+    assert main(["generate", "--model", str(tiny_model_dir), "--prompt", "Name a color.",
+                 "--max-new-tokens", "12"]) == 0
+    loaded = load_pretrained(str(tiny_model_dir))
+    style = loaded.style
+    config = generation_settings(loaded, max_new_tokens=12)
+    prompt = style.format_prompt({"instruction": "Name a color.", "input": ""})
+    tokens = generate(loaded.model, [loaded.tokenizer.encode(prompt)], config,
+                      decode=loaded.tokenizer.decode)[0]
+    text = loaded.tokenizer.decode(tokens)
+    cut = StopStrings(style.stop_strings).first(text)
+    assert capsys.readouterr().out == (text if cut is None else text[:cut]) + "\n"
 
 
 def test_generate_prompt_is_deterministic(tiny_model_dir, capsys):
@@ -71,3 +99,15 @@ def test_train_command_prepares_and_trains(tmp_path, tiny_model_dir):
     assert (run / "model" / "model.safetensors").exists()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_a_run_directory_is_a_model_source(tmp_path, tiny_model_dir, monkeypatch, command):
+    import shutil
+
+    run = tmp_path / "runs" / "demo"
+    shutil.copytree(tiny_model_dir, run / "model")
+    (run / "config.toml").write_text('name = "demo"\n')
+    monkeypatch.setattr(builtins, "input", lambda prompt: "/bye")
+    extra = ["--prompt", "Hi", "--max-new-tokens", "2"] if command == "generate" else []
+    assert main([command, "--model", str(run), *extra]) == 0

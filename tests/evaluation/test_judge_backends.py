@@ -50,8 +50,12 @@ def test_ollama_host_resolution(monkeypatch):
 
 
 def test_ollama_preflight_passes_and_untagged_name_means_latest(fake_server):
-    ollama(fake_server.url).preflight()
-    ollama(fake_server.url, "llama3:latest").preflight()
+    assert fake_server.models == ["llama3:latest"]
+    assert ollama(fake_server.url).preflight() is None  # "llama3" is "llama3:latest"
+    assert ollama(fake_server.url, "llama3:latest").preflight() is None
+    with pytest.raises(JudgeUnavailable, match="does not have the model 'llama3:8b'"):
+        ollama(fake_server.url, "llama3:8b").preflight()  # another tag is another model
+    assert fake_server.chat_count == 0  # a pre-flight asks the judge nothing
 
 
 def test_ollama_unreachable_says_how_to_fix_it(dead_url):

@@ -11,9 +11,13 @@ from judge_fakes import make_entries, reply_by_entry
 from sftkit.cli import main
 from sftkit.config import EvaluateConfig, RunConfig
 from sftkit.errors import SftkitError
-from sftkit.evaluation.scoring import evaluate_responses, resolve_target
-from sftkit.evaluation.stages import stage_judge, stage_report
-from sftkit.pipeline import RunContext
+from sftkit.pipeline import (
+    RunContext,
+    evaluate_responses,
+    resolve_target,
+    stage_judge,
+    stage_report,
+)
 
 
 def write_run(run_dir, entries):
@@ -147,7 +151,7 @@ def make_context(tmp_path, **evaluate) -> tuple[RunContext, list[str]]:
 def test_stage_judge_auto_without_a_server_is_skipped_and_says_why(tmp_path, dead_url):
     context, messages = make_context(tmp_path, judge="auto", host=dead_url)
     stage_judge(context)
-    skipped = json.loads(context.path("eval.json").read_text())["judge"]["skipped"]
+    skipped = json.loads(context.run.eval_file.read_text())["judge"]["skipped"]
     assert f"no Ollama server at {dead_url}" in skipped and "ollama pull llama3" in skipped
     assert messages[-1].startswith("[judge] skipped: no Ollama server")
 
@@ -194,6 +198,6 @@ def test_stage_report_writes_the_report(tmp_path):
     context, messages = make_context(tmp_path, judge="none")
     stage_judge(context)
     stage_report(context)
-    text = context.path("report.md").read_text()
+    text = context.run.report_file.read_text()
     assert "no judge scores: skipped because evaluate.judge = none" in text
-    assert messages[-1] == f"[report] → {context.path('report.md')}"
+    assert messages[-1] == f"[report] → {context.run.report_file}"

@@ -7,8 +7,8 @@ import json
 
 from judge_fakes import make_entries
 
-from sftkit.evaluation.report import write_report
 from sftkit.evaluation.scoring import entry_key
+from sftkit.pipeline import write_report
 
 
 def overall(em: float, rouge: float) -> dict:

@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sftkit.commands.generate import add_sampling_arguments
 
     parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="a run's model/ directory, a preset, a .gguf, a Hub id, ...")
+                        help="a run directory (its model/), a run's model/ directory, a preset, a "
+                             ".gguf, a Hub id, ...")
     parser.add_argument("--style", help="prompt style (default: the model's own)")
     parser.add_argument("--system",
                         help="a system message, for styles that have one (default: none)")
@@ -21,15 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sftkit.checkpoints import load_pretrained
-    from sftkit.data.prompts import get_style
-    from sftkit.generation import GenerationConfig, TextStreamer, stream
+    from sftkit.generation import TextStreamer, generation_settings, stream
 
-    loaded = load_pretrained(args.model)
-    style = get_style(args.style or loaded.config.prompt_style)
+    loaded = load_pretrained(args.model, style=args.style)
+    style = loaded.style
     tokenizer = loaded.tokenizer
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                              stop_ids=(tokenizer.eos_id,), stop_strings=style.stop_strings)
+    config = generation_settings(loaded, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, seed=args.seed)
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)
     print(f"{loaded.source}, {style.name} prompts. {HELP}", file=sys.stderr)

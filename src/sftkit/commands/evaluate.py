@@ -13,6 +13,7 @@ stopped; the summary goes into the run's eval.json (`judge`), or `<out>/judge.js
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 MAX_FAILURES_SHOWN = 3
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from sftkit.config import EvaluateConfig
     from sftkit.evaluation.judge import format_comparison, format_summary
     from sftkit.evaluation.metrics import score_responses
-    from sftkit.evaluation.scoring import load_responses, resolve_target
+    from sftkit.evaluation.scoring import load_responses
+    from sftkit.pipeline import resolve_target
 
     config = EvaluateConfig(judge=args.judge, host=args.host, base_url=args.base_url,
                             template=args.template, concurrency=args.concurrency,
@@ -73,11 +75,9 @@ def run(args: argparse.Namespace) -> int:
               f"(scored {other['scored']} / {other['total']}, {other['failed']} failed)")
         print(format_comparison(outcome["comparison"]))
     target = outcome["target"]
-    written = [target.scores_path]
-    written.append(target.run_dir / "eval.json" if target.run_dir else
-                   target.out_dir / "judge.json")
+    written = [target.scores_path, outcome["summary_path"]]
     if summary.get("histogram"):
-        written.append(target.out_dir / summary["histogram"])
+        written.append(target.histogram_path)
     print("→ " + ", ".join(str(path) for path in written))
     return 0
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 def _judge(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from sftkit.evaluation.scoring import evaluate_responses
+    from sftkit.pipeline import evaluate_responses
 
     with tqdm(desc="judging", unit="answer", dynamic_ncols=True, leave=False) as bar:
         return evaluate_responses(args.responses, config, out=args.out, compare=args.compare,
@@ -107,7 +107,7 @@ def _format_objective(scores: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _print_failures(scores_path, judge: str) -> None:
+def _print_failures(scores_path: Path, judge: str) -> None:
     """A few failed replies with their raw text, so a bad judge is visible at once."""
     from sftkit.evaluation.scoring import read_scores
 

@@ -12,14 +12,21 @@ is wrapped in the model's prompt style unless `--style none`.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sftkit.checkpoints import LoadedModel
+    from sftkit.data.prompts import PromptStyle
+    from sftkit.generation import GenerationConfig
 
 RAW_STYLE = "none"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="a run's model/ directory, a preset (see `sftkit models`), a Hub id,"
-                             " a .gguf or book .pth file, or a model directory")
+                        help="a run directory (its model/), a run's model/ directory, a preset "
+                             "(see `sftkit models`), a Hub id, a .gguf or book .pth file, or a "
+                             "model directory")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one instruction to answer")
     source.add_argument("--data", help="a JSON/JSONL file of entries to answer (needs --out)")
@@ -59,9 +66,8 @@ def _doc(key: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from sftkit.checkpoints import load_pretrained
     from sftkit.config import GenerateConfig
-    from sftkit.data.prompts import get_style
     from sftkit.errors import SftkitError
-    from sftkit.generation import GenerationConfig
+    from sftkit.generation import generation_settings
 
     if args.data and not args.out:
         raise SftkitError("--data needs --out (where to write the responses)")
@@ -70,21 +76,22 @@ def run(args: argparse.Namespace) -> int:
     # Validates the numbers with the same messages as a run config.
     GenerateConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, batch_size=args.batch_size)
-    loaded = load_pretrained(args.model, dtype=args.dtype, config=args.config)
-    style_name = args.style or loaded.config.prompt_style
-    style = None if style_name == RAW_STYLE else get_style(style_name)
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                              batch_size=args.batch_size, stop_ids=(loaded.tokenizer.eos_id,),
-                              stop_strings=style.stop_strings if style else ())
+    raw = args.style == RAW_STYLE
+    loaded = load_pretrained(args.model, dtype=args.dtype, config=args.config,
+                             style=None if raw else args.style)
+    style = None if raw else loaded.style
+    config = generation_settings(loaded, raw=raw, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
     if args.prompt is not None:
         _answer_prompt(loaded, style, args.prompt, config)
-    else:
+    elif style is not None:  # --style none with --data was refused above
         _answer_file(loaded, style, args.data, args.out, config)
     return 0
 
 
-def _answer_prompt(loaded, style, prompt: str, config) -> None:
+def _answer_prompt(loaded: LoadedModel, style: PromptStyle | None, prompt: str,
+                   config: GenerationConfig) -> None:
     from sftkit.generation import TextStreamer, stream
 
     text = style.format_prompt({"instruction": prompt, "input": ""}) if style else prompt
@@ -95,7 +102,8 @@ def _answer_prompt(loaded, style, prompt: str, config) -> None:
     print(streamer.flush(), flush=True)
 
 
-def _answer_file(loaded, style, data: str, out: str, config) -> None:
+def _answer_file(loaded: LoadedModel, style: PromptStyle, data: str, out: str,
+                 config: GenerationConfig) -> None:
     import time
 
     from tqdm.auto import tqdm

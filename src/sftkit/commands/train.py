@@ -13,10 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sftkit.config import RunConfig
-    from sftkit.pipeline import RunContext, check_config, stage_prepare, stage_train
+    from sftkit.pipeline import RunContext, run_stages, stage_prepare, stage_train
 
     context = RunContext(RunConfig.load(args.config, args.overrides))
-    check_config(context)
-    stage_prepare(context)
-    stage_train(context)
+    run_stages(context, (stage_prepare, stage_train))
     return 0

@@ -29,9 +29,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sftkit.errors import SftkitError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: The book's judge prompt, text for text.
 REFERENCE_TEMPLATE = (
@@ -179,7 +182,7 @@ def parse_score(reply: str | None) -> ParsedScore:
 
 # --- statistics -------------------------------------------------------------------------------
 
-def bootstrap_mean_ci(values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES,
                       seed: int = BOOTSTRAP_SEED, level: float = 0.95
                       ) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean (None for no values); deterministic.

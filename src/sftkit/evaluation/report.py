@@ -1,83 +1,106 @@
-"""`report.md`: one page per run, from the files the stages left in the run directory.
+"""`report.md`: one page per run, rendered from what the stages left (passed in, already read).
 
-Sections: configuration (config.toml), data (data/summary.json), training (loss.png, time and
-throughput from eval.json `timings` and the last metrics.jsonl row), objective metrics before
-and after fine-tuning (eval.json), the judge summary (eval.json `judge`, histogram), and the
-five best and five worst answers — by judge score when there are scores, else by ROUGE-L.
+Sections: configuration, data (the prepare summary), training (the loss plot, time and
+throughput from the evaluation's `timings` and the last metrics row), objective metrics before
+and after fine-tuning, the judge summary (and histogram), and the five best and five worst
+answers — by judge score when there are scores, else by ROUGE-L.
 
-A missing or unreadable piece is stated in its section ("no judge scores: skipped because
-…"); the report is written anyway, atomically.
+Each piece is either its value or `Missing(why)`; a missing piece is stated in its section
+("no judge scores: skipped because …"), and a section that cannot be built says why: the
+report is always written. Where the pieces come from is the caller's business
+(`sftkit.pipeline`'s run directory gathers them).
 
 Example:
-    >>> path = write_report("runs/default")  # doctest: +SKIP
-    >>> path.name  # doctest: +SKIP
-    'report.md'
+    >>> inputs = ReportInputs(title="demo", config_toml='name = "demo"',
+    ...     data_summary=Missing("data/summary.json is missing"),
+    ...     loss_plot=Missing("loss.png is missing"),
+    ...     evaluation=Missing("eval.json is missing"), last_metrics=None,
+    ...     judge=Missing("the judge stage has not run"), histogram=None,
+    ...     responses=[{"instruction": "Say hi.", "output": "Hi.", "model_response": "Hi."}],
+    ...     score_records=None)
+    >>> text = render_report(inputs)
+    >>> text.splitlines()[0], "_no data summary: data/summary.json is missing_" in text
+    ('# Run report: demo', True)
+    >>> "Ranked by ROUGE-L F1 against the reference." in text
+    True
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from sftkit.errors import SftkitError
-from sftkit.io import write_text_atomic
+from sftkit.evaluation.metrics import rouge_l
+from sftkit.evaluation.scoring import entry_key
 
-REPORT_FILE = "report.md"
 SHOWN_ANSWERS = 5
+T = TypeVar("T")
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write `<run_dir>/report.md` and return its path; never fails on missing pieces."""
-    run_dir = Path(run_dir)
-    header = f"# Run report: {run_dir.name}\n"
-    try:
-        evaluation = _load_json(run_dir / "eval.json")
-    except ValueError as error:
-        evaluation = None
-        header += f"\n_{error}: the sections that need it are left out_\n"
+@dataclass(frozen=True)
+class Missing:
+    """A piece of the run that is absent; `why` names what is missing (and who writes it)."""
+
+    why: str
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows, read by the caller."""
+
+    title: str
+    config_toml: str | Missing
+    data_summary: dict[str, Any] | Missing
+    loss_plot: str | Missing
+    """The loss plot's link (relative to the report)."""
+    evaluation: dict[str, Any] | Missing
+    last_metrics: dict[str, Any] | None
+    judge: dict[str, Any] | Missing
+    histogram: str | None
+    """The judge histogram's link, None when there is none."""
+    responses: list[Any] | Missing
+    score_records: list[dict[str, Any]] | None
+    """The judge's score records (None when there are none or they are damaged)."""
+    notes: list[str] = field(default_factory=list)
+    """Said under the title (e.g. a damaged file)."""
+
+
+def render_report(inputs: ReportInputs) -> str:
+    """The report as Markdown; never fails on missing pieces."""
+    header = f"# Run report: {inputs.title}\n"
+    header += "".join(f"\n_{note}_\n" for note in inputs.notes)
+    evaluation = inputs.evaluation if isinstance(inputs.evaluation, dict) else None
     sections = [
         header,
-        _section("Configuration", lambda: _configuration(run_dir)),
-        _section("Data", lambda: _data(run_dir)),
-        _section("Training", lambda: _training(run_dir, evaluation)),
-        _section("Objective metrics", lambda: _objective(evaluation)),
-        _section("LLM judge", lambda: _judge(run_dir, evaluation)),
-        _section("Best and worst answers", lambda: _answers(run_dir, evaluation)),
+        _section("Configuration", lambda: _configuration(inputs.config_toml)),
+        _section("Data", lambda: _data(inputs.data_summary)),
+        _section("Training", lambda: _training(inputs, evaluation)),
+        _section("Objective metrics", lambda: _objective(inputs.evaluation)),
+        _section("LLM judge", lambda: _judge(inputs.judge, inputs.histogram)),
+        _section("Best and worst answers", lambda: _answers(inputs)),
     ]
-    path = run_dir / REPORT_FILE
-    write_text_atomic(path, "\n".join(sections).rstrip() + "\n")
-    return path
+    return "\n".join(sections).rstrip() + "\n"
 
 
-class _Missing(Exception):
+class _Absent(Exception):
     """A piece of the run is absent; the message says which and why."""
 
 
 def _section(title: str, build: Callable[[], str]) -> str:
     try:
         body = build()
-    except _Missing as missing:
+    except _Absent as missing:
         body = f"_{missing}_\n"
     except Exception as error:  # a report must not crash on one damaged file
         body = f"_could not build this section: {type(error).__name__}: {error}_\n"
     return f"## {title}\n\n{body}"
 
 
-def _load_json(path: Path) -> Any:
-    """The parsed file; raises `_Missing` when absent, a ValueError naming it when damaged."""
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path.name} is not valid JSON ({error})") from None
-
-
-def _require(value: Any, message: str) -> Any:
-    if value is None:
-        raise _Missing(message)
+def _require(value: T | Missing, what: str) -> T:
+    """The value, or `_Absent("<what>: <why>")`."""
+    if isinstance(value, Missing):
+        raise _Absent(f"{what}: {value.why}")
     return value
 
 
@@ -97,17 +120,14 @@ def _cell(value: Any) -> str:
 
 # --- sections ---------------------------------------------------------------------------------
 
-def _configuration(run_dir: Path) -> str:
-    path = run_dir / "config.toml"
-    if not path.exists():
-        raise _Missing("no config.toml in the run directory")
-    return f"```toml\n{path.read_text(encoding='utf-8').strip()}\n```\n"
+def _configuration(config_toml: str | Missing) -> str:
+    if isinstance(config_toml, Missing):
+        raise _Absent(config_toml.why)
+    return f"```toml\n{config_toml.strip()}\n```\n"
 
 
-def _data(run_dir: Path) -> str:
-    summary = _require(_load_json(run_dir / "data" / "summary.json"),
-                       "no data summary: data/summary.json is missing (the prepare stage "
-                       "writes it)")
+def _data(data_summary: dict[str, Any] | Missing) -> str:
+    summary = _require(data_summary, "no data summary")
     splits = summary.get("splits", {})
     lengths = summary.get("token_lengths", {})
     padding = summary.get("padding_fraction", {})
@@ -128,14 +148,14 @@ def _data(run_dir: Path) -> str:
     return _table(("", "value"), rows)
 
 
-def _training(run_dir: Path, evaluation: Any) -> str:
+def _training(inputs: ReportInputs, evaluation: dict[str, Any] | None) -> str:
     parts = []
-    if (run_dir / "loss.png").exists():
-        parts.append("![training and validation loss](loss.png)\n")
+    if isinstance(inputs.loss_plot, Missing):
+        parts.append(f"_no loss plot: {inputs.loss_plot.why}_\n")
     else:
-        parts.append("_no loss plot: loss.png is missing_\n")
+        parts.append(f"![training and validation loss]({inputs.loss_plot})\n")
     timings = (evaluation or {}).get("timings") or {}
-    last = _last_metrics_row(run_dir / "metrics.jsonl")
+    last = inputs.last_metrics
     rows = []
     labels = {"train_s": "training time (s)",
               "train_supervised_tokens_per_s": "throughput (supervised tokens/s)",
@@ -151,22 +171,8 @@ def _training(run_dir: Path, evaluation: Any) -> str:
     if rows:
         parts.append(_table(("", "value"), rows))
     else:
-        parts.append("_no timings: eval.json and metrics.jsonl are missing or empty_\n")
+        parts.append("_no timings: neither the evaluation nor the training metrics hold any_\n")
     return "\n".join(parts)
-
-
-def _last_metrics_row(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    last = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line after a crash
-        if isinstance(row, dict):
-            last = row
-    return last
 
 
 def _fixed(value: Any) -> str | None:
@@ -174,12 +180,11 @@ def _fixed(value: Any) -> str | None:
     return f"{value:.3f}" if isinstance(value, (int, float)) else None
 
 
-def _objective(evaluation: Any) -> str:
-    evaluation = _require(evaluation, "no objective metrics: eval.json is missing (the "
-                                      "evaluate stage writes it)")
+def _objective(piece: dict[str, Any] | Missing) -> str:
+    evaluation = _require(piece, "no objective metrics")
     before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
     if not before and not after:
-        raise _Missing("no objective metrics in eval.json")
+        raise _Absent("no objective metrics in the evaluation")
 
     def overall(side: Mapping[str, Any], key: str) -> Any:
         return (side.get("overall") or {}).get(key)
@@ -203,13 +208,10 @@ def _objective(evaluation: Any) -> str:
     return text
 
 
-def _judge(run_dir: Path, evaluation: Any) -> str:
-    summary = (evaluation or {}).get("judge")
-    if summary is None:
-        raise _Missing("no judge scores: the judge stage has not run (`sftkit evaluate "
-                       f"{run_dir} --judge ollama:llama3`)")
+def _judge(piece: dict[str, Any] | Missing, histogram: str | None) -> str:
+    summary = _require(piece, "no judge scores")
     if summary.get("skipped"):
-        raise _Missing(f"no judge scores: skipped because {summary['skipped']}")
+        raise _Absent(f"no judge scores: skipped because {summary['skipped']}")
     ci = summary.get("ci95")
     rows = [
         ("judge", summary.get("judge")),
@@ -232,8 +234,7 @@ def _judge(run_dir: Path, evaluation: Any) -> str:
                      f"{throughput.get('entries_per_s')} entries/s at concurrency "
                      f"{throughput.get('concurrency')}"))
     text = _table(("", "value"), rows)
-    histogram = summary.get("histogram")
-    if histogram and (run_dir / histogram).exists():
+    if histogram is not None:
         text += f"\n![judge scores]({histogram})\n"
     comparison = summary.get("comparison")
     if comparison and comparison.get("pairs"):
@@ -246,16 +247,16 @@ def _judge(run_dir: Path, evaluation: Any) -> str:
     return text
 
 
-def _answers(run_dir: Path, evaluation: Any) -> str:
-    entries = _require(_load_json(run_dir / "responses.json"),
-                       "no answers: responses.json is missing (the generate stage writes it)")
+def _answers(inputs: ReportInputs) -> str:
+    entries = _require(inputs.responses, "no answers")
     if not isinstance(entries, list) or not entries:
-        raise _Missing("no answers: responses.json holds no entries")
-    ranked, basis = _judge_ranking(run_dir, entries, (evaluation or {}).get("judge"))
+        raise _Absent("no answers: the responses hold no entries")
+    summary = inputs.judge if isinstance(inputs.judge, dict) else None
+    ranked, basis = _judge_ranking(entries, summary, inputs.score_records)
     if ranked is None:
         ranked, basis = _rouge_ranking(entries), "ROUGE-L F1 against the reference"
     if not ranked:
-        raise _Missing("no answers could be ranked (no judge scores, no valid entries)")
+        raise _Absent("no answers could be ranked (no judge scores, no valid entries)")
     ordered = sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
     best_count = min(SHOWN_ANSWERS, (len(ordered) + 1) // 2)
     best = ordered[:best_count]
@@ -267,22 +268,15 @@ def _answers(run_dir: Path, evaluation: Any) -> str:
     return "\n".join(parts)
 
 
-def _judge_ranking(run_dir: Path, entries: list[Any], summary: Any
+def _judge_ranking(entries: list[Any], summary: dict[str, Any] | None,
+                   records: list[dict[str, Any]] | None
                    ) -> tuple[list[tuple[int, float]] | None, str]:
-    if not isinstance(summary, dict) or summary.get("skipped") or not summary.get("scored"):
-        return None, ""
-    from sftkit.evaluation.scoring import SCORES_FILE, entry_key, read_scores
-
-    scores_path = run_dir / SCORES_FILE
-    if not scores_path.exists():
+    if (summary is None or summary.get("skipped") or not summary.get("scored")
+            or records is None):
         return None, ""
     latest: dict[int, float] = {}
     keys = {index: entry_key(entry) for index, entry in enumerate(entries)
             if isinstance(entry, dict)}
-    try:
-        records = read_scores(scores_path).records
-    except SftkitError:
-        return None, ""  # damaged scores: rank by ROUGE-L instead
     for record in records:
         index = record["index"]
         if record.get("judge") == summary.get("judge") and keys.get(index) == record.get("key"):
@@ -296,8 +290,6 @@ def _judge_ranking(run_dir: Path, entries: list[Any], summary: Any
 
 
 def _rouge_ranking(entries: list[Any]) -> list[tuple[int, float]]:
-    from sftkit.evaluation.metrics import rouge_l
-
     return [(index, round(rouge_l(entry["output"], entry["model_response"]), 3))
             for index, entry in enumerate(entries)
             if isinstance(entry, dict) and isinstance(entry.get("output"), str)

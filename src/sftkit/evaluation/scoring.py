@@ -1,15 +1,12 @@
-"""The judge run: score a responses file (or a run's `responses.json`) with an LLM judge,
-keeping every result on disk as it arrives.
+"""The judge run: score a responses file with an LLM judge, keeping every result on disk as it
+arrives. Plain functions over the paths they are given (`JudgeTarget`); where a run keeps them
+is the pipeline's business (`sftkit.pipeline.judging`).
 
-Files, beside the run (`<run>/`) or in `--out` (default `<file's dir>/<file stem>-judge/`):
-    scores.jsonl       one JSON line per judged entry, appended and flushed as each reply
+    scores file        one JSON line per judged entry, appended and flushed as each reply
                        arrives: index, score (int or null), raw reply, parsed
                        ("strict"/"lenient"/"failed"), reason, error, latency_s, attempts,
                        judge, template (sha256 prefix) and key (sha256 prefix of the entry)
-    judge_scores.png   histogram of the scores
-    eval.json "judge"  the summary, merged into a run's eval.json (other keys kept);
-    judge.json         ... or written alone for a responses file
-    comparison.json    with `compare=`: the paired comparison
+    histogram          a PNG of the scores
 
 Resume: an entry whose latest line has the same judge, template and entry key and no request
 error is not asked again; entries that hit a request error are retried on the next run. A
@@ -17,11 +14,13 @@ truncated last line (a crash mid-write) is dropped and reported; damage elsewher
 naming the line.
 
 Example:
-    >>> from sftkit.config import EvaluateConfig
-    >>> config = EvaluateConfig(judge="ollama:llama3")
-    >>> result = evaluate_responses("runs/default", config)  # doctest: +SKIP
-    >>> result["judge"]["scored"], result["judge"]["mean"]  # doctest: +SKIP
-    (159, 71.4)
+    >>> import tempfile
+    >>> directory = Path(tempfile.mkdtemp())
+    >>> _ = (directory / "scores.jsonl").write_text(
+    ...     '{"index": 0, "judge": "ollama:llama3", "score": 80}\\n{"index": 1, "ju')
+    >>> scores = read_scores(directory / "scores.jsonl")
+    >>> [record["score"] for record in scores.records], scores.dropped_tail
+    ([80], '{"index": 1, "ju')
 """
 
 from __future__ import annotations
@@ -54,14 +53,8 @@ from sftkit.evaluation.judge import (
     parse_score,
     summarize_scores,
 )
-from sftkit.io import atomic_path, write_json_atomic
+from sftkit.io import atomic_path
 
-SCORES_FILE = "scores.jsonl"
-HISTOGRAM_FILE = "judge_scores.png"
-SUMMARY_FILE = "judge.json"
-COMPARISON_FILE = "comparison.json"
-EVAL_FILE = "eval.json"
-RESPONSES_FILE = "responses.json"
 RETRY_BACKOFF_S = 1.0
 """The first retry waits this long, each further one twice as long."""
 RESPONSE_FIELDS = ("instruction", "output", "model_response")
@@ -73,38 +66,15 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class JudgeTarget:
-    """What to judge and where the results go."""
+    """What to judge and where its results go."""
 
     responses: Path
     out_dir: Path
-    run_dir: Path | None = None
-    """Set when judging a run in place: the summary is merged into its eval.json."""
-
-    @property
-    def scores_path(self) -> Path:
-        return self.out_dir / SCORES_FILE
-
-    @property
-    def label(self) -> str:
-        return str(self.run_dir or self.responses)
-
-
-def resolve_target(path: str | Path, out: str | Path | None = None) -> JudgeTarget:
-    """A run directory (uses `<run>/responses.json`, results in the run unless `out`) or a
-    responses file (results in `out`, default `<dir>/<stem>-judge/`)."""
-    path = Path(path)
-    if path.is_dir():
-        responses = path / RESPONSES_FILE
-        if not responses.is_file():
-            raise SftkitError(f"{path}: no {RESPONSES_FILE} in this run directory (the generate "
-                              "stage writes it: `sftkit run` or `sftkit generate --data ...`)")
-        if out is not None:
-            return JudgeTarget(responses, Path(out))
-        return JudgeTarget(responses, path, run_dir=path)
-    if not path.is_file():
-        raise SftkitError(f"{path}: no such responses file or run directory")
-    return JudgeTarget(path, Path(out) if out is not None else
-                       path.with_name(f"{path.stem}-judge"))
+    """Where the results go: the two files below, and whatever the caller adds."""
+    scores_path: Path
+    histogram_path: Path
+    label: str
+    """How the target is named in messages and comparisons."""
 
 
 def load_responses(path: str | Path) -> list[dict[str, Any]]:
@@ -172,7 +142,7 @@ def read_scores(path: Path) -> ScoresFile:
     lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
-    records = []
+    records: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -374,27 +344,6 @@ def plot_histogram(scores: Sequence[int], path: Path, title: str = "") -> Path |
     return path
 
 
-def read_eval(path: Path) -> dict[str, Any]:
-    """The JSON object in a run's `eval.json` ({} when there is none yet)."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SftkitError(f"{path}: not valid JSON ({error}); fix or delete it") from None
-    if not isinstance(data, dict):
-        raise SftkitError(f"{path}: expected a JSON object")
-    return data
-
-
-def merge_into_eval(path: Path, key: str, value: Any) -> dict[str, Any]:
-    """Set `key` of the JSON object in `path` (read-modify-write, atomic; others kept)."""
-    data = read_eval(path)
-    data[key] = value
-    write_json_atomic(path, data)
-    return data
-
-
 @dataclass
 class TargetResult:
     target: JudgeTarget
@@ -408,8 +357,9 @@ def judge_target(target: JudgeTarget, config: EvaluateConfig, *, log: Log = prin
                  progress: Callable[[dict[str, Any]], None] | None = None,
                  on_start: Callable[[int], None] | None = None, preflight: bool = True,
                  extra: Mapping[str, Any] | None = None) -> TargetResult:
-    """Judge one target with `config` and write its summary and histogram. `progress` and
-    `on_start` are passed to `judge_entries`; `extra` keys are added to the summary."""
+    """Judge one target with `config` and draw its histogram; the caller keeps the summary.
+    `progress` and `on_start` are passed to `judge_entries`; `extra` keys are added to the
+    summary."""
     entries = load_responses(target.responses)
     spec = backend.spec if backend is not None else resolve_judge(config.judge)
     template = load_template(config.template or None)
@@ -431,25 +381,13 @@ def judge_target(target: JudgeTarget, config: EvaluateConfig, *, log: Log = prin
             "concurrency": config.concurrency}
     scores = [r["score"] for r in records.values() if r.get("score") is not None]
     histogram = plot_histogram(
-        scores, target.out_dir / HISTOGRAM_FILE,
+        scores, target.histogram_path,
         f"{spec} on {target.label}: n={len(scores)}, mean "
         f"{summary['mean'] if summary['mean'] is not None else 'n/a'}, "
         f"{summary['failed']} failed")
-    summary["histogram"] = HISTOGRAM_FILE if histogram else None
+    summary["histogram"] = histogram.name if histogram else None
     summary.update(extra or {})
-    write_summary(target, summary)
     return TargetResult(target, entries, records, summary)
-
-
-def write_summary(target: JudgeTarget, summary: Mapping[str, Any]) -> Path:
-    """Merge into `<run>/eval.json` for a run, else write `<out>/judge.json`."""
-    if target.run_dir is not None:
-        path = target.run_dir / EVAL_FILE
-        merge_into_eval(path, "judge", dict(summary))
-        return path
-    path = target.out_dir / SUMMARY_FILE
-    write_json_atomic(path, dict(summary))
-    return path
 
 
 def check_same_entries(first: JudgeTarget, second: JudgeTarget) -> None:
@@ -477,35 +415,3 @@ def compare_results(first: TargetResult, second: TargetResult) -> dict[str, Any]
                                    labels=(first.target.label, second.target.label))
     comparison["judge"] = first.summary["judge"]
     return comparison
-
-
-def evaluate_responses(path: str | Path, config: EvaluateConfig, *,
-                       out: str | Path | None = None, compare: str | Path | None = None,
-                       log: Log = print,
-                       progress: Callable[[dict[str, Any]], None] | None = None,
-                       on_start: Callable[[int], None] | None = None,
-                       backoff: float = RETRY_BACKOFF_S) -> dict[str, Any]:
-    """Judge a responses file or run dir (and `compare`, with the same judge, after checking
-    both hold the same entries); return `{"judge": summary, "target": JudgeTarget, "entries":
-    [...]}` plus, with `compare`, `"compare": its summary` and `"comparison": {...}`."""
-    target = resolve_target(path, out)
-    other = resolve_target(compare) if compare is not None else None
-    if other is not None and other.scores_path.resolve() == target.scores_path.resolve():
-        raise SftkitError(f"--compare: {compare} would share {target.scores_path} with "
-                          f"{path}; pass a different responses file or run")
-    if other is not None:
-        check_same_entries(target, other)
-    result = judge_target(target, config, log=log, progress=progress, on_start=on_start,
-                          backoff=backoff)
-    outcome: dict[str, Any] = {"judge": result.summary, "target": target}
-    if other is not None:
-        log(f"judging {other.label} for the comparison")
-        second = judge_target(other, config, log=log, progress=progress, on_start=on_start,
-                              backoff=backoff)
-        comparison = compare_results(result, second)
-        write_json_atomic(target.out_dir / COMPARISON_FILE, comparison)
-        result.summary["comparison"] = comparison
-        write_summary(target, result.summary)
-        outcome.update(compare=second.summary, comparison=comparison)
-    outcome["entries"] = result.entries
-    return outcome

@@ -38,9 +38,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from sftkit.checkpoints import LoadedModel
-from sftkit.data.prompts import PromptStyle, get_style
+from sftkit.data.prompts import PromptStyle
 from sftkit.errors import SftkitError
-from sftkit.generation import GenerationConfig, TextStreamer, stream_batch
+from sftkit.generation import TextStreamer, generation_settings, stream_batch
 from sftkit.serve.batching import JobQueue
 from sftkit.serve.jobs import Completion, Job, Limits, RequestError, Sampling
 
@@ -58,11 +58,14 @@ class Engine:
 
     def __init__(self, loaded: LoadedModel, *, name: str = "sftkit", style: str | None = None,
                  limits: Limits = DEFAULT_LIMITS, load_seconds: float = 0.0):
+        if style is not None:
+            loaded = LoadedModel(loaded.model, loaded.config, loaded.tokenizer, loaded.source,
+                                 prompt_style=style)
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
-        self.style: PromptStyle = get_style(style or loaded.config.prompt_style)
+        self.style: PromptStyle = loaded.style
         self.name = name
         self.limits = limits
         self.load_seconds = load_seconds
@@ -95,12 +98,11 @@ class Engine:
         room = context - len(prompt_ids)
         wanted = self.limits.max_new_tokens if sampling.max_new_tokens is None \
             else sampling.max_new_tokens
-        config = GenerationConfig(
+        config = generation_settings(
+            self.loaded, stop=sampling.stop,
             max_new_tokens=min(wanted, self.limits.max_new_tokens, room),
             temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-            seed=sampling.seed, stop_ids=(self.tokenizer.eos_id,),
-            stop_strings=tuple(dict.fromkeys((*self.style.stop_strings, *sampling.stop))),
-        )
+            seed=sampling.seed)
         return Job(prompt_ids=list(prompt_ids), config=config)
 
     # --- running -------------------------------------------------------------------------

@@ -5,26 +5,31 @@ Prompts of different lengths share a batch by left padding: each row's positions
 own first real token and padded key slots are masked, so a prompt's output does not depend on
 what it is batched with. Finished rows leave the batch (and the cache) at once.
 
-Example:
-    >>> from sftkit.checkpoints import load_pretrained  # doctest: +SKIP
-    >>> loaded = load_pretrained("smollm2-135m-instruct")  # doctest: +SKIP
-    >>> ids = loaded.tokenizer.encode("The capital of France is")  # doctest: +SKIP
-    >>> out = generate(loaded.model, [ids], GenerationConfig(max_new_tokens=5,  # doctest: +SKIP
-    ...                stop_ids=(loaded.tokenizer.eos_id,)))
-    >>> loaded.tokenizer.decode(out[0])  # doctest: +SKIP
-    ' Paris.'
+Example (a tiny random model; `generation_settings` gives a real model's stop ids and strings):
+    >>> import torch
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> _ = torch.manual_seed(0)
+    >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
+    ...                                           vocab_size=100, context_length=32))
+    >>> out = generate(model, [[1, 2, 3], [4, 5]], GenerationConfig(max_new_tokens=4))
+    >>> [len(tokens) for tokens in out]
+    [4, 4]
+    >>> out == [generate(model, [prompt], GenerationConfig(max_new_tokens=4))[0]
+    ...         for prompt in ([1, 2, 3], [4, 5])]  # batched equals one at a time
+    True
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from sftkit.errors import SftkitError
+from sftkit.generation.stops import Decode, StopStrings, TokenCheck
+from sftkit.models import Model
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _check_prompts(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+def _check_prompts(model: Model, prompts: Sequence[Sequence[int]],
                    config: GenerationConfig) -> int:
     """The number of new tokens that fits the context after the longest prompt."""
     if not prompts or any(len(prompt) == 0 for prompt in prompts):
@@ -81,9 +86,9 @@ def _check_prompts(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     return min(config.max_new_tokens, context - longest)
 
 
-def _stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+def _stream_batch(model: Model, prompts: Sequence[Sequence[int]],
                   config: GenerationConfig, generator: torch.Generator | None,
-                  stop_check: Callable[[int, list[int]], bool] | None
+                  stop_check: TokenCheck | None
                   ) -> Iterator[tuple[int, int | None]]:
     """Yield (row, token) as tokens are generated, and (row, None) when a row finishes."""
     device = next(model.parameters()).device
@@ -131,7 +136,7 @@ def _stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
 
 
 @contextlib.contextmanager
-def _generating(model: torch.nn.Module, seed: int | None
+def _generating(model: Model, seed: int | None
                 ) -> Iterator[torch.Generator | None]:
     """Eval mode for the duration (dropout off), and the sampling generator for `seed`."""
     was_training = model.training
@@ -146,16 +151,16 @@ def _generating(model: torch.nn.Module, seed: int | None
 
 
 @torch.inference_mode()
-def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+def generate(model: Model, prompts: Sequence[Sequence[int]],
              config: GenerationConfig = GenerationConfig(),
-             decode: Callable[[Sequence[int]], str] | None = None,
+             decode: Decode | None = None,
              progress: Callable[[int], None] | None = None) -> list[list[int]]:
     """New token ids for every prompt (stop token excluded), in the prompts' order.
 
     Prompts are batched `config.batch_size` at a time, longest first (less padding).
     `decode` is needed for `config.stop_strings`; `progress(n)` is called as n prompts finish.
     """
-    stop_check = _stop_string_check(config.stop_strings, decode)
+    stop_check = StopStrings(config.stop_strings).token_check(decode)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
     with _generating(model, config.seed) as generator:
@@ -172,9 +177,9 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
 
 
 @torch.inference_mode()
-def stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+def stream_batch(model: Model, prompts: Sequence[Sequence[int]],
                  config: GenerationConfig = GenerationConfig(),
-                 should_stop: Callable[[int, list[int]], bool] | None = None
+                 should_stop: TokenCheck | None = None
                  ) -> Iterator[tuple[int, int | None]]:
     """Yield (row, token) for several prompts at once as tokens are generated, and (row, None)
     when a row finishes (for a server answering several clients with one batch).
@@ -182,116 +187,23 @@ def stream_batch(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     `should_stop(row, tokens)` is asked after each new token whether that row is done (its own
     token limit, a stop string, a client gone); `config.stop_strings` is not used here.
 
-    >>> for row, token in stream_batch(model, [ids_a, ids_b], config):  # doctest: +SKIP
-    ...     print(row, token)
+    >>> import torch
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
+    ...                                           vocab_size=100, context_length=32))
+    >>> events = list(stream_batch(model, [[1, 2], [3]], GenerationConfig(max_new_tokens=2)))
+    >>> [(row, token is None) for row, token in events]
+    [(0, False), (1, False), (0, False), (1, False), (0, True), (1, True)]
     """
     with _generating(model, config.seed) as generator:
         yield from _stream_batch(model, prompts, config, generator, should_stop)
 
 
-def stream(model: torch.nn.Module, prompt: Sequence[int],
+def stream(model: Model, prompt: Sequence[int],
            config: GenerationConfig = GenerationConfig(),
-           decode: Callable[[Sequence[int]], str] | None = None) -> Iterator[int]:
+           decode: Decode | None = None) -> Iterator[int]:
     """Yield the new tokens of one prompt as they are generated (for chat and serving)."""
-    should_stop = _stop_string_check(config.stop_strings, decode)
+    should_stop = StopStrings(config.stop_strings).token_check(decode)
     for _, token in stream_batch(model, [prompt], config, should_stop):
         if token is not None:
             yield token
-
-
-def _stop_string_check(stop_strings: Sequence[str],
-                       decode: Callable[[Sequence[int]], str] | None
-                       ) -> Callable[[int, list[int]], bool] | None:
-    if not stop_strings:
-        return None
-    if decode is None:
-        raise SftkitError("stop strings need a decode function")
-    longest = max(len(stop) for stop in stop_strings)
-
-    def stopped(row: int, tokens: list[int]) -> bool:
-        # A stop string spans at most `longest` tokens; decode only that tail.
-        tail = decode(tokens[-(longest + 1):])
-        return any(stop in tail for stop in stop_strings)
-
-    return stopped
-
-
-def generate_responses(model: torch.nn.Module, tokenizer: Any, style: Any,
-                       entries: Sequence[Mapping[str, Any]], config: GenerationConfig,
-                       progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """Each entry with a `model_response`: the answer cut out of the generated text by the
-    prompt style (no prompt echo, no response marker) — the book's responses file format."""
-    prompts = [style.format_prompt(entry) for entry in entries]
-    config = GenerationConfig(**{
-        **config.__dict__,
-        "stop_ids": tuple(dict.fromkeys((*config.stop_ids, tokenizer.eos_id))),
-        "stop_strings": tuple(dict.fromkeys((*config.stop_strings, *style.stop_strings))),
-    })
-    outputs = generate(model, [tokenizer.encode(prompt) for prompt in prompts], config,
-                       decode=tokenizer.decode, progress=progress)
-    return [
-        {**entry, "model_response": style.extract_response(prompt + tokenizer.decode(ids),
-                                                           prompt)}
-        for entry, prompt, ids in zip(entries, prompts, outputs)
-    ]
-
-
-class TextStreamer:
-    """Turns generated tokens into printable text increments: holds back incomplete UTF-8
-    characters and anything that may be the start of a stop string, and ends at a stop string.
-
-    >>> from sftkit.tokenizers import gpt2_tokenizer
-    >>> tok = gpt2_tokenizer()
-    >>> streamer = TextStreamer(tok.decode, stop_strings=("###",))
-    >>> "".join(streamer.feed(t) for t in tok.encode("Hi there ### more"))
-    'Hi there '
-    >>> streamer.stopped
-    True
-    """
-
-    def __init__(self, decode: Callable[[Sequence[int]], str],
-                 stop_strings: Sequence[str] = ()):
-        self.decode = decode
-        self.stop_strings = tuple(stop_strings)
-        self.tokens: list[int] = []
-        self.emitted = ""
-        self.stopped = False
-
-    @property
-    def text(self) -> str:
-        """Everything shown so far (the final answer once generation ends)."""
-        return self.emitted
-
-    def feed(self, token: int) -> str:
-        """The new text to show after `token` ("" while held back or after a stop)."""
-        if self.stopped:
-            return ""
-        self.tokens.append(token)
-        text = self.decode(self.tokens)
-        cuts = [text.find(stop) for stop in self.stop_strings if stop in text]
-        if cuts:
-            self.stopped = True
-            return self._emit(text[: min(cuts)])
-        safe = len(text)
-        if text.endswith("\ufffd"):
-            safe = len(text.rstrip("\ufffd"))
-        for stop in self.stop_strings:
-            # Hold back a suffix that could still grow into this stop string.
-            for size in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:size]):
-                    safe = min(safe, len(text) - size)
-                    break
-        return self._emit(text[:safe])
-
-    def flush(self) -> str:
-        """Whatever was held back, once generation has ended without a stop string."""
-        if self.stopped:
-            return ""
-        return self._emit(self.decode(self.tokens))
-
-    def _emit(self, visible: str) -> str:
-        if len(visible) <= len(self.emitted):
-            return ""
-        new = visible[len(self.emitted):]
-        self.emitted = visible
-        return new

@@ -1,0 +1,23 @@
+"""Text generation: the batched, KV-cached token loop, stop strings, printable streaming, the
+book's responses format, and the set-up of a loaded model's generation settings.
+
+Example:
+    >>> from sftkit.generation import GenerationConfig
+    >>> GenerationConfig(max_new_tokens=8).temperature  # greedy unless told otherwise
+    0.0
+"""
+
+from sftkit.generation.engine import (
+    GenerationConfig,
+    generate,
+    sample_next,
+    stream,
+    stream_batch,
+)
+from sftkit.generation.responses import generate_responses
+from sftkit.generation.settings import generation_settings
+from sftkit.generation.stops import StopStrings
+from sftkit.generation.streamer import TextStreamer
+
+__all__ = ["GenerationConfig", "StopStrings", "TextStreamer", "generate", "generate_responses",
+           "generation_settings", "sample_next", "stream", "stream_batch"]

@@ -1,0 +1,47 @@
+"""Answers for a list of entries, in the book's responses format."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sftkit.data.prompts import PromptStyle
+from sftkit.generation.engine import GenerationConfig, generate
+from sftkit.models import Model
+from sftkit.tokenizers import Tokenizer
+
+
+def generate_responses(model: Model, tokenizer: Tokenizer, style: PromptStyle,
+                       entries: Sequence[Mapping[str, Any]], config: GenerationConfig,
+                       progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Each entry with a `model_response`: the answer cut out of the generated text by the
+    prompt style (no prompt echo, no response marker) — the book's responses file format.
+
+    The tokenizer's end-of-text id and the style's stop strings are added to `config`'s.
+
+    Example:
+        >>> import torch
+        >>> from sftkit.data.prompts import get_style
+        >>> from sftkit.models import ModelConfig, build_model
+        >>> from sftkit.tokenizers import gpt2_tokenizer
+        >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32,
+        ...                                           n_heads=2, context_length=128))
+        >>> entries = [{"instruction": "Name a color.", "input": "", "output": "Red."}]
+        >>> answered = generate_responses(model, gpt2_tokenizer(), get_style("alpaca"),
+        ...                               entries, GenerationConfig(max_new_tokens=3))
+        >>> sorted(answered[0]), isinstance(answered[0]["model_response"], str)
+        (['input', 'instruction', 'model_response', 'output'], True)
+    """
+    prompts = [style.format_prompt(entry) for entry in entries]
+    config = dataclasses.replace(
+        config,
+        stop_ids=tuple(dict.fromkeys((*config.stop_ids, tokenizer.eos_id))),
+        stop_strings=tuple(dict.fromkeys((*config.stop_strings, *style.stop_strings))))
+    outputs = generate(model, [tokenizer.encode(prompt) for prompt in prompts], config,
+                       decode=tokenizer.decode, progress=progress)
+    return [
+        {**entry, "model_response": style.extract_response(prompt + tokenizer.decode(ids),
+                                                           prompt)}
+        for entry, prompt, ids in zip(entries, prompts, outputs)
+    ]

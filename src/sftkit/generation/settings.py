@@ -1,0 +1,38 @@
+"""The one set-up every user of a loaded model needs: generation settings that stop at the
+model's end-of-text token and at its prompt style's stop strings (`LoadedModel.style`).
+
+Chat, `generate`, the pipeline and the server all start here, so they stop alike.
+
+Example:
+    >>> from sftkit.checkpoints import LoadedModel
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> from sftkit.tokenizers import gpt2_tokenizer
+    >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2))
+    >>> loaded = LoadedModel(model, model.config, gpt2_tokenizer(), "a tiny random GPT-2")
+    >>> loaded.style.name
+    'alpaca'
+    >>> config = generation_settings(loaded, max_new_tokens=8)
+    >>> config.max_new_tokens, config.stop_ids, config.stop_strings == loaded.style.stop_strings
+    (8, (50256,), True)
+    >>> generation_settings(loaded, raw=True, stop=("\\n\\n",)).stop_strings
+    ('\\n\\n',)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sftkit.checkpoints import LoadedModel
+from sftkit.generation.engine import GenerationConfig
+
+
+def generation_settings(loaded: LoadedModel, *, raw: bool = False, stop: Sequence[str] = (),
+                        **options: Any) -> GenerationConfig:
+    """A `GenerationConfig` with `options` (max_new_tokens, temperature, ...) that stops at the
+    model's end-of-text token, at its prompt style's stop strings (not for a `raw` prompt, which
+    is in no style) and at the extra `stop` strings."""
+    style_stops = () if raw else loaded.style.stop_strings
+    return GenerationConfig(stop_ids=(loaded.tokenizer.eos_id,),
+                            stop_strings=tuple(dict.fromkeys((*style_stops, *stop))),
+                            **options)

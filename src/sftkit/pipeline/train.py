@@ -1,0 +1,70 @@
+"""The train stage: fine-tune, then save `model/` (sftkit's format) and `model-hf/`.
+
+The trainer writes metrics.jsonl, loss.png and checkpoints/ into the run directory itself."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import torch
+
+from sftkit.pipeline.context import RunContext
+
+if TYPE_CHECKING:
+    from sftkit.training.loop import TrainResult
+
+SAMPLE_TOKENS = 35
+"""Length of the sample answer printed after each epoch."""
+
+
+def stage_train(context: RunContext) -> None:
+    from sftkit.checkpoints.hf import save_hf_directory
+    from sftkit.checkpoints.native import save_native
+
+    run = context.run
+    if run.has_model():
+        context.log(f"[train] done already: {run.model_dir}")
+        return
+    loaded = context.model()
+    result = _fit(context)
+    progress = result.progress
+    context.timings["train_s"] = round(progress.train_seconds, 1)
+    context.timings["train_supervised_tokens_per_s"] = round(
+        result.supervised_tokens_per_second, 1)
+    loaded.model.eval()
+    save_hf_directory(loaded.model, run.model_hf_dir, loaded.tokenizer)
+    save_native(loaded.model, loaded.tokenizer, run.model_dir)  # last: it marks the stage done
+    context.finetuned = True
+    context.log(f"[train] {progress.step} steps, {progress.supervised_tokens} supervised tokens "
+                f"in {progress.train_seconds:.0f} s ({result.supervised_tokens_per_second:.0f} "
+                f"tokens/s); val loss {result.val_loss}; model → {run.model_dir} (and "
+                f"{run.model_hf_dir} for transformers); curves → {run.loss_plot}")
+
+
+def _fit(context: RunContext) -> TrainResult:
+    """Train to the end; an interrupted fit ends the run as a Ctrl-C."""
+    from sftkit.data.dataset import InstructionDataset
+    from sftkit.generation import GenerationConfig, generate_responses
+    from sftkit.models import Model
+    from sftkit.training.loop import Trainer
+
+    loaded, style = context.model(), context.prompt_style
+    val_records = context.run.read_split("val")
+    train = InstructionDataset(context.run.read_split("train"), loaded.tokenizer, style)
+    val = InstructionDataset(val_records, loaded.tokenizer, style)
+    sample_config = GenerationConfig(max_new_tokens=SAMPLE_TOKENS)
+
+    def sample(model: torch.nn.Module) -> str:
+        entry = generate_responses(cast(Model, model), loaded.tokenizer, style, val_records[:1],
+                                   sample_config)[0]
+        return str(entry["model_response"])
+
+    trainer = Trainer(loaded.model, train, val, context.config.train, context.run_dir,
+                      max_length=context.config.data.max_length, sample_fn=sample,
+                      log=context.log)
+    context.log(f"[train] {len(train)} examples, {trainer.total_steps} steps on "
+                f"{trainer.device} in {trainer.precision}")
+    result = trainer.fit()
+    if result.status != "completed":
+        raise KeyboardInterrupt
+    return result
