@@ -14,6 +14,7 @@ shapes: it is the GPT-2 preset's of the same width (768 -> 12, 1024 -> 16, 1280 
 Example:
     >>> import tempfile
     >>> from pathlib import Path
+    >>> from sftkit.models import build_model
     >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=2, context_length=64))
     >>> path = save_book_checkpoint(model, Path(tempfile.mkdtemp()) / "model.pth")
     >>> loaded = load_book_checkpoint(path)
