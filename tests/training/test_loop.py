@@ -138,3 +138,14 @@ def test_too_little_data_is_a_clear_error(char_tokenizer, tmp_path):
     train = InstructionDataset(records(3), char_tokenizer, style)
     with pytest.raises(SftkitError, match="3 examples, fewer than one batch of 8"):
         Trainer(tiny_model(), train, train, TrainConfig(batch_size=8, device="cpu"), tmp_path)
+
+
+@pytest.mark.parametrize("max_steps, samples", [(0, 2), (10, 1)])
+def test_every_finished_epoch_is_sampled_the_last_one_too(char_tokenizer, tmp_path, max_steps,
+                                                          samples):
+    trainer = make_trainer(char_tokenizer, tmp_path, epochs=2, eval_every=0,
+                           max_steps=max_steps)  # 8 steps an epoch
+    seen = []
+    trainer.sample_fn = lambda model: seen.append(model.training) or "an answer"
+    trainer.fit()
+    assert seen == [False] * samples  # sampled in eval mode, once per finished epoch
