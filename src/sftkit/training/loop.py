@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -42,7 +43,7 @@ from tqdm.auto import tqdm
 
 from sftkit.config import TrainConfig
 from sftkit.data.collate import Batch
-from sftkit.data.dataset import InstructionDataset, make_loader
+from sftkit.data.dataset import EpochBatchSampler, InstructionDataset, make_loader
 from sftkit.device import autocast, pick_device, pick_precision
 from sftkit.errors import SftkitError
 from sftkit.models.base import DecoderModel
@@ -103,16 +104,15 @@ class Trainer:
         self.sample_fn = sample_fn
         self.log = log
         self.progress_bar = progress_bar
-        loader_options = dict(allowed_max_length=max_length, mask_prompt=config.mask_prompt,
-                              seed=config.seed)
-        self.train_loader = make_loader(train_data, config.batch_size, shuffle=True,
-                                        drop_last=True, group_by_length=config.group_by_length,
-                                        **loader_options)
-        self.train_eval_loader = make_loader(train_data, config.batch_size, shuffle=False,
-                                             **loader_options)
-        self.val_loader = make_loader(val_data, config.batch_size, shuffle=False,
-                                      **loader_options)
-        self.micro_batches_per_epoch = len(self.train_loader.batch_sampler)
+        loader = functools.partial(make_loader, batch_size=config.batch_size,
+                                   allowed_max_length=max_length,
+                                   mask_prompt=config.mask_prompt, seed=config.seed)
+        self.train_loader = loader(train_data, shuffle=True, drop_last=True,
+                                   group_by_length=config.group_by_length)
+        self.train_eval_loader = loader(train_data, shuffle=False)
+        self.val_loader = loader(val_data, shuffle=False)
+        self.sampler: EpochBatchSampler = self.train_loader.batch_sampler  # type: ignore[assignment]
+        self.micro_batches_per_epoch = len(self.sampler)
         if self.micro_batches_per_epoch == 0:
             raise SftkitError(f"the training split has {len(train_data)} examples, fewer than "
                               f"one batch of {config.batch_size}")
@@ -199,8 +199,7 @@ class Trainer:
     def _steps_of_epoch(self, progress: TrainProgress) -> Iterator[list[Batch]]:
         """The micro-batches of each remaining step of the current epoch, `grad_accum` at a
         time; groups with nothing to learn are skipped (but counted as consumed)."""
-        self.train_loader.batch_sampler.set_epoch(progress.epoch,
-                                                  skip=progress.batches_into_epoch)
+        self.sampler.set_epoch(progress.epoch, skip=progress.batches_into_epoch)
         batches = iter(self.train_loader)
         while micro_batches := list(itertools.islice(batches, self.config.grad_accum)):
             if sum(batch.supervised_tokens for batch in micro_batches) == 0:
@@ -266,11 +265,10 @@ class Trainer:
         """(train loss, validation loss) per supervised token over `eval_batches` batches."""
         self.model.eval()
         try:
-            args = dict(max_batches=self.config.eval_batches, device=self.device)
-            train = mean_loss(self.model, self.train_eval_loader,
-                              autocast=autocast(self.device, self.precision), **args)
-            val = mean_loss(self.model, self.val_loader,
-                            autocast=autocast(self.device, self.precision), **args)
+            train, val = (mean_loss(self.model, loader, max_batches=self.config.eval_batches,
+                                    device=self.device,
+                                    autocast=autocast(self.device, self.precision))
+                          for loader in (self.train_eval_loader, self.val_loader))
         finally:
             self.model.train()
         return train, val

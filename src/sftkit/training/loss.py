@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from sftkit.data.collate import IGNORE_INDEX
+from sftkit.models.base import DecoderModel
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
     grad_hidden = torch.empty_like(hidden_mm) if need_hidden else None
     grad_weight = torch.empty(weight.shape, device=weight.device, dtype=exact) \
         if need_weight else None
-    if need_weight and (low or rows == 0):
+    if grad_weight is not None and (low or rows == 0):
         grad_weight.zero_()
     grad_bias = torch.zeros(vocab, device=hidden.device, dtype=exact) if need_bias else None
     weight_part = torch.empty_like(weight_mm) if need_weight and low else None
@@ -107,7 +108,8 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
         part, wanted = hidden_mm[start:start + chunk], targets[start:start + chunk, None]
         count = part.shape[0]
         logits = scratch[: count * vocab].view(count, vocab)
-        product = low_scratch[: count * vocab].view(count, vocab) if low else logits
+        product = logits if low_scratch is None else low_scratch[: count * vocab].view(
+            count, vocab)
         if bias_mm is None:
             torch.mm(part, weight_mm.t(), out=product)
         else:
@@ -122,21 +124,23 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
         if not any(need):
             continue
         logits.div_(total).scatter_add_(1, wanted, minus_one[:count])  # softmax - onehot
-        if need_bias:
+        if grad_bias is not None:
             grad_bias += logits.sum(dim=0)
         if low:
             logits = product.copy_(logits)  # the gradient of the logits, for low matmuls
-        if need_hidden:
+        if grad_hidden is not None:
             torch.mm(logits, weight_mm, out=grad_hidden[start:start + count])
-        if need_weight and low:  # summed over chunks in fp32
+        if grad_weight is None:
+            continue
+        if weight_part is not None:  # low precision: summed over the chunks in fp32
             grad_weight.add_(torch.mm(logits.t(), part, out=weight_part))
-        elif need_weight and start == 0:
+        elif start == 0:
             torch.mm(logits.t(), part, out=grad_weight)
-        elif need_weight:
+        else:
             grad_weight.addmm_(logits.t(), part)
     grads = (None if grad_hidden is None else grad_hidden.to(hidden.dtype),
              None if grad_weight is None else grad_weight.to(weight.dtype),
-             None if grad_bias is None else grad_bias.to(bias.dtype))
+             None if grad_bias is None else grad_bias.to(weight.dtype))
     return loss, grads
 
 
@@ -182,7 +186,7 @@ def _warn_once(message: str) -> None:
         logger.warning(message)
 
 
-def supervised_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+def supervised_loss_sum(model: DecoderModel, inputs: torch.Tensor, targets: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of token losses, number of supervised tokens) for one batch."""
     hidden = model.forward_hidden(inputs)
@@ -192,7 +196,7 @@ def supervised_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, targets: t
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, batches, max_batches: int | None = None,
+def mean_loss(model: DecoderModel, batches, max_batches: int | None = None,
               device: torch.device | None = None, autocast=None) -> float:
     """Mean loss per supervised token over (up to `max_batches` of) `batches`."""
     total = 0.0

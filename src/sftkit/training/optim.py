@@ -42,8 +42,9 @@ class BackwardStepAdamW:
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float,
                  weight_decay: float, fused: bool = False, attach: bool = True, **adamw: Any):
         self.params = [p for p in params if p.requires_grad]
-        self._optimizers = {p: torch.optim.AdamW([p], lr=lr, weight_decay=weight_decay,
-                                                 fused=fused, **adamw) for p in self.params}
+        self._optimizers: dict[torch.Tensor, torch.optim.AdamW] = {
+            p: torch.optim.AdamW([p], lr=lr, weight_decay=weight_decay, fused=fused, **adamw)
+            for p in self.params}
         self._handles: list[Any] = []
         self._init_state()
         if attach:
