@@ -40,6 +40,7 @@ from safetensors.torch import load_model, save_model
 
 from sftkit.errors import SftkitError
 from sftkit.io import atomic_directory, write_text_atomic
+from sftkit.training.optim import OptimizerLike
 
 #: `step-NNNNNN`, and the staging (`.tmp`) and moved-aside (`.old`) directories that
 #: `io.atomic_directory` makes beside it.
@@ -61,7 +62,7 @@ class TrainProgress:
 
 
 def save_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, progress: TrainProgress,
+                    optimizer: OptimizerLike, progress: TrainProgress,
                     keep: int = 2) -> Path:
     """Write a checkpoint for `progress.step`; keep the newest `keep` of them."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ def remove_stale_staging(checkpoints_dir: Path) -> list[Path]:
 
 
 def load_newest_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
-                           optimizer: torch.optim.Optimizer | None,
+                           optimizer: OptimizerLike | None,
                            log: Callable[[str], None]) -> tuple[Path, TrainProgress] | None:
     """Restore the newest checkpoint that loads, logging each newer one skipped and why;
     None when there is none. Raises `SftkitError` when there are some but none loads."""
@@ -137,7 +138,7 @@ def load_newest_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> TrainProgress:
+                    optimizer: OptimizerLike | None = None) -> TrainProgress:
     """Restore model, optimizer and RNG state from `path`; return the progress it records.
 
     The trainer state is read and checked before anything is restored; a damaged or foreign

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -32,9 +33,11 @@ from types import FrameType
 def deferred_interrupts() -> Iterator[None]:
     """Hold a SIGINT back until the block is done, then raise `KeyboardInterrupt`.
 
-    Only the main thread can handle signals; elsewhere the block runs unprotected.
+    Only the main thread can handle signals, and only a handler set from Python can be put
+    back; elsewhere the block runs unprotected.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is None):
         yield
         return
     pending: list[int] = []
@@ -43,6 +46,8 @@ def deferred_interrupts() -> Iterator[None]:
         if pending:  # the second Ctrl-C: the user insists
             raise KeyboardInterrupt
         pending.append(signum)
+        print("\nfinishing the training step, then stopping (Ctrl-C again to stop at once, "
+              "losing the step)", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, note)
     try:

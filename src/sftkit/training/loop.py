@@ -56,6 +56,7 @@ from sftkit.training.checkpointing import (
 )
 from sftkit.training.interrupts import deferred_interrupts
 from sftkit.training.loss import mean_loss
+from sftkit.training.optim import OptimizerLike
 from sftkit.training.plots import plot_losses
 from sftkit.training.schedule import LRSchedule
 from sftkit.training.steps import (
@@ -127,7 +128,7 @@ class Trainer:
         self.last_record: dict[str, Any] | None = None
 
     @property
-    def optimizer(self) -> Any:
+    def optimizer(self) -> OptimizerLike:
         """The strategy's optimizer (its state is what checkpoints keep)."""
         return self.strategy.optimizer
 

@@ -37,7 +37,6 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -46,7 +45,7 @@ from sftkit.data.collate import Batch
 from sftkit.device import autocast
 from sftkit.models.base import DecoderModel
 from sftkit.training.loss import supervised_loss_sum
-from sftkit.training.optim import make_optimizer
+from sftkit.training.optim import BackwardStepAdamW, OptimizerLike, make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,9 @@ class NonFiniteLoss(ArithmeticError):
 class TrainingStep:
     """What every strategy shares: the learning rate, the micro-batch loop and `torn`."""
 
-    def __init__(self, model: DecoderModel, optimizer: Any, device: torch.device,
+    optimizer: OptimizerLike
+
+    def __init__(self, model: DecoderModel, optimizer: OptimizerLike, device: torch.device,
                  precision: str):
         self.model = model
         self.optimizer = optimizer
@@ -100,8 +101,8 @@ class TrainingStep:
         yield
         self.torn = False
 
-    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss
+    def _backward_pass(self, loss: torch.Tensor) -> None:
+        loss.backward()
 
     def _backward(self, micro_batches: Sequence[Batch]) -> StepStats:
         """Forward and backward over every micro-batch; the loss of each is divided by the
@@ -116,7 +117,7 @@ class TrainingStep:
             if not math.isfinite(loss_value):  # before backward, which may update weights
                 self.optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLoss(loss_value)
-            self._scaled(loss_sum / step_tokens).backward()
+            self._backward_pass(loss_sum / step_tokens)
             loss_total += loss_value
             tokens += inputs.numel()
             examples += inputs.shape[0]
@@ -128,16 +129,18 @@ class TrainingStep:
 class PlainStep(TrainingStep):
     """Backward over all micro-batches, clip, then `optimizer.step()` (the book's step)."""
 
-    def __init__(self, model: DecoderModel, optimizer: Any, device: torch.device,
-                 precision: str, grad_clip: float = 0.0):
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, model: DecoderModel, optimizer: torch.optim.Optimizer,
+                 device: torch.device, precision: str, grad_clip: float = 0.0):
         super().__init__(model, optimizer, device, precision)
         self.grad_clip = grad_clip
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=precision == "fp16" and device.type == "cuda")
 
-    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
-        return self.scaler.scale(loss)
+    def _backward_pass(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
 
     def _run(self, micro_batches: Sequence[Batch]) -> StepStats:
         stats = self._backward(micro_batches)
@@ -154,15 +157,24 @@ class PlainStep(TrainingStep):
 class InBackwardStep(TrainingStep):
     """AdamW applied per parameter inside backward (`optim.BackwardStepAdamW`)."""
 
+    optimizer: BackwardStepAdamW
+
+    def __init__(self, model: DecoderModel, optimizer: BackwardStepAdamW,
+                 device: torch.device, precision: str):
+        super().__init__(model, optimizer, device, precision)
+
     def _run(self, micro_batches: Sequence[Batch]) -> StepStats:
         if len(micro_batches) != 1:
             raise ValueError("stepping in backward is exact only for one micro-batch a step")
         self.optimizer.attach()
         try:
-            with self._updating_weights():
-                return self._backward(micro_batches)
+            return self._backward(micro_batches)
         finally:  # outside a step, a backward pass on the model must not train it
             self.optimizer.detach()
+
+    def _backward_pass(self, loss: torch.Tensor) -> None:
+        with self._updating_weights():  # AdamW updates the parameters one by one in here
+            loss.backward()
 
 
 def _in_backward_obstacle(config: TrainConfig, device: torch.device, precision: str
@@ -186,7 +198,7 @@ def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
         logger.info("train.step_in_backward is on, but %s: AdamW steps after backward", reason)
     optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
                                device=device, in_backward=in_backward)
-    if in_backward:
+    if isinstance(optimizer, BackwardStepAdamW):
         return InBackwardStep(model, optimizer, device, precision)
     return PlainStep(model, optimizer, device, precision, grad_clip=config.grad_clip)
 
