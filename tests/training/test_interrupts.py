@@ -40,6 +40,12 @@ def resume_and_compare(char_tokenizer, tmp_path, reference):
     for (name, a), (_, b) in zip(reference.model.named_parameters(),
                                  resumed.model.named_parameters()):
         assert torch.equal(a, b), name
+    assert losses(reference) == losses(resumed)
+
+
+def losses(trainer):
+    return [{key: value for key, value in row.items() if key != "supervised_tokens_per_s"}
+            for row in trainer.read_metrics()]
 
 
 def test_ctrl_c_mid_backward_lands_after_the_step(char_tokenizer, tmp_path):

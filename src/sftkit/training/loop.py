@@ -152,8 +152,9 @@ class Trainer:
         try:
             while progress.step < self.total_steps:
                 for micro_batches in self._steps_of_epoch(progress):
-                    loss = self._step(micro_batches, progress)
-                    self._after_step(progress, loss, bar)
+                    with deferred_interrupts():  # Ctrl-C lands between steps, not in one
+                        loss = self._step(micro_batches, progress)
+                        self._after_step(progress, loss, bar)
                     if progress.step == self.total_steps:
                         break
                 if progress.batches_into_epoch >= self.micro_batches_per_epoch:
@@ -209,20 +210,18 @@ class Trainer:
             yield micro_batches
 
     def _step(self, micro_batches: list[Batch], progress: TrainProgress) -> float:
-        """One optimizer step, counted in `progress`; returns its mean token loss. A Ctrl-C
-        waits until the step and its count are both done."""
+        """One optimizer step, counted in `progress`; returns its mean token loss."""
         started = time.perf_counter()
-        with deferred_interrupts():
-            try:
-                stats = self.strategy(micro_batches, lr=self.schedule(progress.step))
-            except NonFiniteLoss as error:
-                raise self._non_finite_error(error, progress) from None
-            progress.step += 1
-            progress.batches_into_epoch += len(micro_batches)
-            progress.tokens_seen += stats.tokens
-            progress.examples_seen += stats.examples
-            progress.supervised_tokens += stats.supervised_tokens
-            progress.train_seconds += time.perf_counter() - started
+        try:
+            stats = self.strategy(micro_batches, lr=self.schedule(progress.step))
+        except NonFiniteLoss as error:
+            raise self._non_finite_error(error, progress) from None
+        progress.step += 1
+        progress.batches_into_epoch += len(micro_batches)
+        progress.tokens_seen += stats.tokens
+        progress.examples_seen += stats.examples
+        progress.supervised_tokens += stats.supervised_tokens
+        progress.train_seconds += time.perf_counter() - started
         return stats.loss
 
     def _after_step(self, progress: TrainProgress, loss: float, bar: tqdm) -> None:
