@@ -214,7 +214,7 @@ class TransformersRunner(Runner):
 class SftkitRunner(Runner):
     def __init__(self, spec: Spec):
         from sftkit.config import TrainConfig
-        from sftkit.training import loop
+        from sftkit.training import loop, steps
         from sftkit.training.checkpointing import TrainProgress
 
         self.lever = spec.lever
@@ -222,11 +222,9 @@ class SftkitRunner(Runner):
         model = build_weights(spec)
         model.train()
         if self.lever == "full-logits":
-            loop.supervised_loss_sum = _full_logits_loss_sum
+            steps.supervised_loss_sum = _full_logits_loss_sum
         if self.lever == "unfused-head":
-            loop.supervised_loss_sum = _unfused_loss_sum
-        if self.lever == "dense-embedding-grad":
-            model.tok_emb.sparse = False
+            steps.supervised_loss_sum = _unfused_loss_sum
         if self.lever == "compile":
             model.forward_hidden = torch.compile(model.forward_hidden, dynamic=True)
         config = TrainConfig(batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
@@ -238,10 +236,14 @@ class SftkitRunner(Runner):
         self._tmp = tempfile.TemporaryDirectory(prefix="sftkit-bench-")
         self.trainer = loop.Trainer(model, self.train, self.val, config, run_dir=self._tmp.name,
                                     progress_bar=False, log=lambda message: None)
+        if self.lever == "dense-embedding-grad":  # after the trainer, which turns it on
+            model.tok_emb.sparse = False
         if self.lever in ("plain-adamw", "foreach-adamw"):
-            self.trainer.optimizer = torch.optim.AdamW(
+            optimizer = torch.optim.AdamW(
                 model.parameters(), lr=spec.lr, weight_decay=config.weight_decay,
                 foreach=self.lever == "foreach-adamw", fused=False)
+            self.trainer.strategy = steps.PlainStep(model, optimizer, self.trainer.device,
+                                                    self.trainer.precision)
         self.model = model
         self.progress = TrainProgress()
         self.batches = self._trainer_batches()

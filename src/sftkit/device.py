@@ -1,14 +1,18 @@
 """Device and precision selection: detect, don't assume.
 
-On CUDA, bf16 autocast is used where the GPU supports it. On a CPU, an AVX-512 BF16 flag does
-not guarantee that PyTorch's bf16 kernels beat fp32 (on some Xeons they are twice slower), so
-`auto` times one transformer-sized matmul both ways (about 0.3 s, once per process) and picks
-bf16 only when it is clearly faster.
+On CUDA, bf16 autocast is used where the GPU supports it. On a CPU, bf16 can only win where
+the CPU has bf16 instructions (AVX-512 BF16, AMX, Arm BF16): elsewhere it is emulated, 50 to
+100 times slower than fp32, and `auto` picks fp32 without timing anything. Where the
+instructions exist they still do not guarantee that PyTorch's bf16 kernels beat fp32 (on some
+Xeons they are twice slower), so `auto` times one transformer-sized matmul both ways (about
+0.3 s, once per process) and picks bf16 only when it is clearly faster.
 
 Example:
     >>> device = pick_device("cpu")
     >>> pick_precision(device, "fp32")
     'fp32'
+    >>> cpu_has_native_bf16() in (True, False, None)
+    True
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,6 +28,8 @@ from sftkit.errors import SftkitError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BF16_MIN_SPEEDUP = 1.15
+#: CPU flags (x86 `flags`, Arm `Features` in /proc/cpuinfo) of native bf16 arithmetic.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "svebf16"})
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -44,13 +51,40 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's feature flags, or None where the OS does not list them (macOS, Windows)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU computes in bf16 natively; None when that cannot be read."""
+    flags = cpu_flags()
+    if flags is not None:
+        return bool(flags & BF16_CPU_FLAGS)
+    # Without flags: an x86 CPU that PyTorch runs at AVX2 has no AVX-512, so no AVX-512 BF16.
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":
+        return False
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_speedup(size: int = 1024, rounds: int = 5, repeats: int = 3) -> float:
-    """Measured fp32 time / bf16-autocast time of a (size x size) @ (size x size) linear.
+    """Measured fp32 time / bf16-autocast time of a (size x size) @ (size x size) linear;
+    0.0 without timing where the CPU has no bf16 instructions (emulated bf16 never wins).
 
     The two are timed in alternation and each keeps its best round, so a burst of other work
     on a shared machine cannot make the slower one look faster (it once picked bf16 at 0.5x).
     """
+    if cpu_has_native_bf16() is False:
+        return 0.0
     x = torch.randn(size, size)
     w = torch.randn(size, size)
 

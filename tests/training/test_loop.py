@@ -13,7 +13,7 @@ from sftkit.data.dataset import InstructionDataset
 from sftkit.data.prompts import get_style
 from sftkit.errors import SftkitError
 from sftkit.models import ModelConfig, build_model
-from sftkit.training import loop as loop_module
+from sftkit.training import steps as steps_module
 from sftkit.training.checkpointing import latest_checkpoint
 from sftkit.training.loop import Trainer
 
@@ -68,7 +68,7 @@ def test_loss_falls_and_files_are_written(char_tokenizer, tmp_path):
 def test_gradient_accumulation_equals_a_bigger_batch(char_tokenizer, tmp_path, monkeypatch):
     # Plain SGD: Adam would blow up the float noise of gradients that are zero in exact
     # arithmetic (GPT-2's key bias) into full-size steps.
-    monkeypatch.setattr(loop_module, "make_optimizer",
+    monkeypatch.setattr(steps_module, "make_optimizer",
                         lambda model, **_: torch.optim.SGD(model.parameters(), 0.1))
     common = dict(epochs=1, max_steps=2, group_by_length=False, eval_every=0, lr=1e-2,
                   step_in_backward=False)
@@ -119,7 +119,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(char_tokenizer, tmp_path,
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(char_tokenizer, tmp_path,
                                                                  monkeypatch):
     trainer = make_trainer(char_tokenizer, tmp_path, checkpoint_every=3)
-    real = loop_module.supervised_loss_sum
+    real = steps_module.supervised_loss_sum
     calls = {"n": 0}
 
     def poisoned(model, inputs, targets):
@@ -127,7 +127,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(char_tokenizer
         loss, count = real(model, inputs, targets)
         return (loss * float("nan"), count) if calls["n"] == 5 else (loss, count)
 
-    monkeypatch.setattr(loop_module, "supervised_loss_sum", poisoned)
+    monkeypatch.setattr(steps_module, "supervised_loss_sum", poisoned)
     with pytest.raises(SftkitError, match=r"became nan at step 5.*step-000003"):
         trainer.fit()
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000003"
@@ -138,3 +138,14 @@ def test_too_little_data_is_a_clear_error(char_tokenizer, tmp_path):
     train = InstructionDataset(records(3), char_tokenizer, style)
     with pytest.raises(SftkitError, match="3 examples, fewer than one batch of 8"):
         Trainer(tiny_model(), train, train, TrainConfig(batch_size=8, device="cpu"), tmp_path)
+
+
+@pytest.mark.parametrize("max_steps, samples", [(0, 2), (10, 1)])
+def test_every_finished_epoch_is_sampled_the_last_one_too(char_tokenizer, tmp_path, max_steps,
+                                                          samples):
+    trainer = make_trainer(char_tokenizer, tmp_path, epochs=2, eval_every=0,
+                           max_steps=max_steps)  # 8 steps an epoch
+    seen = []
+    trainer.sample_fn = lambda model: seen.append(model.training) or "an answer"
+    trainer.fit()
+    assert seen == [False] * samples  # sampled in eval mode, once per finished epoch

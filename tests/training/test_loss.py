@@ -3,12 +3,17 @@ embedding's sparse gradient lands in the head's gradient."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sftkit.models import ModelConfig, build_model
 from sftkit.training.loss import head_cross_entropy, supervised_loss_sum
+from sftkit.training.steps import use_sparse_embedding_gradient
 
 
 def reference_grads(hidden, head, targets, scale):
@@ -79,6 +84,7 @@ def test_model_gradients_equal_the_reference_full_logits_loss(family):
         overrides.update(n_kv_heads=2, hidden_dim=64)
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name(family, **overrides)).double()
+    use_sparse_embedding_gradient(model)  # as the trainer does
     assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.sparse
     inputs = torch.randint(0, 300, (3, 12))
     targets = torch.randint(0, 300, (3, 12))
@@ -98,3 +104,59 @@ def test_model_gradients_equal_the_reference_full_logits_loss(family):
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(fused[name], parameter.grad, rtol=1e-9, atol=1e-12,
                                    msg=name)
+
+
+class LargestOutput(TorchDispatchMode):
+    """Records the largest number of elements any op makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self.numel = max(self.numel, tensor.numel())
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_under_autocast_the_fused_head_runs_chunked_with_an_fp32_softmax(dtype, bias):
+    """Matmuls in the autocast dtype, softmax and loss in fp32, and never the whole
+    (tokens x vocab) logits: the memory saving holds where autocast is the default (GPUs)."""
+    torch.manual_seed(2)
+    rows, vocab = 64, 500
+    head = torch.nn.Linear(16, vocab, bias=bias)
+    hidden = torch.randn(rows, 16, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,))
+    with torch.autocast("cpu", dtype=dtype):
+        logits = head(hidden)  # the reference: autocast's own matmul, upcast for the loss
+    expected = F.cross_entropy(logits.float(), targets, reduction="sum")
+    expected.backward()
+    expected_grads = [hidden.grad.clone()] + [p.grad.clone() for p in head.parameters()]
+    hidden.grad = None
+    head.zero_grad(set_to_none=True)
+
+    with LargestOutput() as largest, torch.autocast("cpu", dtype=dtype):
+        loss = head_cross_entropy(hidden, head, targets, chunk_rows=8)
+        loss.backward()
+    assert largest.numel < rows * vocab  # chunks of 8 x vocab; the weight is 16 x vocab
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-3, atol=1e-3)
+    got = [hidden.grad] + [p.grad for p in head.parameters()]
+    assert [g.dtype for g in got] == [torch.float32] * len(got)
+    for a, b in zip(got, expected_grads):  # bf16 rounds each matmul to ~3 digits
+        assert float((a - b).norm() / b.norm()) < 1e-2
+
+
+def test_a_fallback_to_whole_logits_is_logged_once(caplog):
+    head = torch.nn.Linear(8, 30, bias=False).double()
+    hidden, targets = torch.randn(6, 8), torch.randint(0, 30, (6,))
+    with caplog.at_level(logging.WARNING, logger="sftkit.training.loss"):
+        for _ in range(3):
+            with pytest.raises(RuntimeError):  # the plain head rejects mixed dtypes, as before
+                head_cross_entropy(hidden, head, targets)
+    assert len(caplog.records) == 1
+    assert "whole (tokens x vocab) logits" in caplog.records[0].getMessage()

@@ -4,21 +4,48 @@ Each checkpoint is a directory `checkpoints/step-NNNNNN/` holding `model.safeten
 `trainer_state.pt` (read back with `torch.load(weights_only=True)`: tensors and plain values
 only, no code). It is written under a temporary name and renamed into place, and
 `checkpoints/latest` names the newest complete one, so a crash mid-save never leaves a
-checkpoint that looks complete but is not.
+checkpoint that looks complete but is not. A checkpoint damaged later (disk, copy) is skipped on
+resume in favour of the newest one that loads, and the staging directories a crash mid-save
+leaves behind are removed at the next start.
+
+Example:
+    >>> import tempfile
+    >>> model = torch.nn.Linear(2, 2)
+    >>> optimizer = torch.optim.AdamW(model.parameters())
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     directory = Path(tmp)
+    ...     first = save_checkpoint(directory, model, optimizer, TrainProgress(step=1))
+    ...     newest = save_checkpoint(directory, model, optimizer, TrainProgress(step=2))
+    ...     _ = (newest / "trainer_state.pt").write_bytes(b"damaged")
+    ...     path, progress = load_newest_checkpoint(directory, model, optimizer,
+    ...                                             log=lambda line: print(line[:31]))
+    ...     path.name, progress.step
+    skipping checkpoint step-000002
+    ('step-000001', 1)
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from sftkit.errors import SftkitError
 from sftkit.io import atomic_directory, write_text_atomic
+from sftkit.training.optim import OptimizerLike
+
+#: `step-NNNNNN`, and the staging (`.tmp`) and moved-aside (`.old`) directories that
+#: `io.atomic_directory` makes beside it.
+_CHECKPOINT = re.compile(r"step-(\d+)")
+_STAGING = re.compile(r"\.(step-\d+)\..+\.(tmp|old)")
 
 
 @dataclass
@@ -35,7 +62,7 @@ class TrainProgress:
 
 
 def save_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, progress: TrainProgress,
+                    optimizer: OptimizerLike, progress: TrainProgress,
                     keep: int = 2) -> Path:
     """Write a checkpoint for `progress.step`; keep the newest `keep` of them."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -65,18 +92,98 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return path if (path / "trainer_state.pt").exists() else None
 
 
+def checkpoints_newest_first(checkpoints_dir: Path) -> list[Path]:
+    """Every `step-NNNNNN` directory, the highest step first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [(int(match.group(1)), path) for path in checkpoints_dir.iterdir()
+             if (match := _CHECKPOINT.fullmatch(path.name)) and path.is_dir()]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def remove_stale_staging(checkpoints_dir: Path) -> list[Path]:
+    """Remove what a crash in the middle of `save_checkpoint` left behind: staging
+    directories, and copies moved aside whose replacement is in place. Returns them."""
+    if not checkpoints_dir.is_dir():
+        return []
+    removed = []
+    for path in checkpoints_dir.iterdir():
+        match = _STAGING.fullmatch(path.name)
+        if not match or not path.is_dir():
+            continue
+        # A moved-aside copy is the only one left if the crash came before its replacement.
+        if match.group(2) == "old" and not (checkpoints_dir / match.group(1)).is_dir():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def load_newest_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
+                           optimizer: OptimizerLike | None,
+                           log: Callable[[str], None]) -> tuple[Path, TrainProgress] | None:
+    """Restore the newest checkpoint that loads, logging each newer one skipped and why;
+    None when there is none. Raises `SftkitError` when there are some but none loads."""
+    failures = []
+    for path in checkpoints_newest_first(checkpoints_dir):
+        try:
+            return path, load_checkpoint(path, model, optimizer)
+        except SftkitError as error:
+            log(f"skipping checkpoint {path.name}: {error}")
+            failures.append(str(error))
+    if failures:
+        raise SftkitError(f"no checkpoint in {checkpoints_dir} can be loaded ("
+                          + "; ".join(failures) + "); move the directory away to start over")
+    return None
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> TrainProgress:
-    """Restore model, optimizer and RNG state from `path`; return the progress it records."""
+                    optimizer: OptimizerLike | None = None) -> TrainProgress:
+    """Restore model, optimizer and RNG state from `path`; return the progress it records.
+
+    The trainer state is read and checked before anything is restored; a damaged or foreign
+    file is a `SftkitError` naming it (the model may then hold part of it: load another).
+    """
+    state = _read_trainer_state(path / "trainer_state.pt")
+    weights = path / "model.safetensors"
     try:
-        state: dict[str, Any] = torch.load(path / "trainer_state.pt", weights_only=True,
-                                           map_location="cpu")
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True)
-    except (OSError, RuntimeError) as error:
-        raise SftkitError(f"{path}: cannot load the checkpoint: {error}") from None
+        load_model(model, str(weights), strict=True)
+    except (OSError, RuntimeError, SafetensorError) as error:
+        raise SftkitError(f"{weights}: cannot be loaded ({_first_line(error)})") from None
     if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise SftkitError(f"{path / 'trainer_state.pt'}: the optimizer state does not fit "
+                              f"this model ({_first_line(error)})") from None
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return TrainProgress(**state["progress"])
+
+
+def _read_trainer_state(file: Path) -> dict[str, Any]:
+    """`trainer_state.pt` as tensors and plain values (no code is ever run), checked."""
+    try:
+        state = torch.load(file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False, which would run the file's code: never.
+        raise SftkitError(f"{file}: not a trainer state written by sftkit (damaged, or it "
+                          "holds objects other than tensors and plain values: refused, "
+                          "nothing in it was run)") from None
+    except (OSError, RuntimeError, EOFError) as error:
+        raise SftkitError(f"{file}: cannot be read ({_first_line(error)})") from None
+    expected = {"optimizer", "progress", "torch_rng", "cuda_rng"}
+    if not isinstance(state, dict) or not expected <= state.keys():
+        raise SftkitError(f"{file}: not a trainer state written by sftkit (expected a dict "
+                          f"with {', '.join(sorted(expected))})")
+    try:
+        TrainProgress(**state["progress"])
+    except TypeError as error:
+        raise SftkitError(f"{file}: its progress record is not valid ({error})") from None
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -5,10 +5,11 @@ is not -100, then cross-entropy is summed. The result equals the reference's
 `cross_entropy(logits.flatten(0, 1), targets.flatten())` over every position, at a fraction of
 the cost when prompts are masked or batches are padded.
 
-In full precision the head and the cross-entropy are one fused step (`head_cross_entropy`): the
-logits are made a few hundred rows at a time in a reused buffer, and their gradients are taken
-right there, so the (tokens x vocab) logits, their log-softmax and their gradient are never
-whole in memory. Besides memory, this saves time on a CPU, where every fresh buffer of that
+The head and the cross-entropy are one fused step (`head_cross_entropy`), in full precision and
+under bf16/fp16 autocast alike (matmuls in the autocast dtype, the softmax in fp32): the logits
+are made a few hundred rows at a time in a reused buffer, and their gradients are taken right
+there, so the (tokens x vocab) logits, their log-softmax and their gradient are never whole in
+memory. Besides memory, this saves time on a CPU, where every fresh buffer of that
 size costs tens of thousands of page faults.
 
 Example:
@@ -24,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 
 import torch
@@ -31,6 +33,9 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from sftkit.data.collate import IGNORE_INDEX
+from sftkit.models.base import DecoderModel
+
+logger = logging.getLogger(__name__)
 
 #: Bytes of logits the fused head makes at once (rows = this / (vocab * element size)).
 CHUNK_BYTES = 96 * 2**20
@@ -38,61 +43,32 @@ CHUNK_BYTES = 96 * 2**20
 _scratch = threading.local()
 
 
-def _logits_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
+def _logits_buffer(numel: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A flat buffer of `numel` elements, reused across calls (per thread, device and dtype)."""
     buffers = _scratch.__dict__.setdefault("buffers", {})
-    key = (like.device, like.dtype)
+    key = (device, dtype)
     buffer = buffers.get(key)
     if buffer is None or buffer.numel() < numel:
-        buffer = buffers[key] = torch.empty(numel, device=like.device, dtype=like.dtype)
+        buffer = buffers[key] = torch.empty(numel, device=device, dtype=dtype)
     return buffer[:numel]
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
-    """sum_i CE(hidden_i @ weight.T + bias, target_i), with the gradients made in forward."""
+    """sum_i CE(hidden_i @ weight.T + bias, target_i), with the gradients made in forward.
+
+    The matmuls run in `compute_dtype` (autocast's, or the weight's own); the softmax, the loss
+    and the weight's gradient sum in fp32 (fp64 for fp64), as autocast would do it unfused.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows, grad_enabled):
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows, grad_enabled, compute_dtype):
         # `needs_input_grad` says True for a parameter even under no_grad (evaluation), where
         # making the gradients would only waste two vocab-sized matmuls per chunk.
-        need_hidden, need_weight, need_bias = (
-            grad_enabled and need for need in ctx.needs_input_grad[:3])
-        rows, vocab = hidden.shape[0], weight.shape[0]
-        chunk = max(1, min(rows, chunk_rows))
-        scratch = _logits_buffer(chunk * vocab, hidden)
-        minus_one = hidden.new_full((chunk, 1), -1.0)
-        loss = hidden.new_zeros(())
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.empty_like(weight) if need_weight else None
-        grad_bias = torch.zeros_like(bias) if need_bias else None
-        if need_weight and rows == 0:
-            grad_weight.zero_()
-        for start in range(0, rows, chunk):
-            part, wanted = hidden[start:start + chunk], targets[start:start + chunk, None]
-            count = part.shape[0]
-            logits = scratch[: count * vocab].view(count, vocab)
-            if bias is None:
-                torch.mm(part, weight.t(), out=logits)
-            else:
-                torch.addmm(bias, part, weight.t(), out=logits)
-            logits.sub_(logits.amax(dim=1, keepdim=True))
-            picked = logits.gather(1, wanted)
-            logits.exp_()
-            total = logits.sum(dim=1, keepdim=True)
-            loss += (total.log() - picked).sum()
-            if not (need_hidden or need_weight or need_bias):
-                continue
-            logits.div_(total).scatter_add_(1, wanted, minus_one[:count])  # softmax - onehot
-            if need_hidden:
-                torch.mm(logits, weight, out=grad_hidden[start:start + count])
-            if need_weight:
-                if start == 0:
-                    torch.mm(logits.t(), part, out=grad_weight)
-                else:
-                    grad_weight.addmm_(logits.t(), part)
-            if need_bias:
-                grad_bias += logits.sum(dim=0)
-        ctx.grads = (grad_hidden, grad_weight, grad_bias)
+        need = tuple(grad_enabled and needed for needed in ctx.needs_input_grad[:3])
+        with torch.autocast(hidden.device.type, enabled=False):  # the casts are ours
+            loss, grads = _chunked_head_loss(hidden, weight, bias, targets, chunk_rows, need,
+                                             compute_dtype)
+        ctx.grads = grads
         return loss
 
     @staticmethod
@@ -102,13 +78,78 @@ class _HeadCrossEntropy(torch.autograd.Function):
         del ctx.grads  # not kept alive by the graph once backward is done
         if not bool(grad_loss == 1):
             grads = tuple(None if grad is None else grad.mul_(grad_loss) for grad in grads)
-        return *grads, None, None, None
+        return *grads, None, None, None, None
+
+
+def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       targets: torch.Tensor, chunk_rows: int, need: tuple[bool, ...],
+                       compute_dtype: torch.dtype) -> tuple[torch.Tensor, tuple]:
+    """The loss and the (hidden, weight, bias) gradients that `need` asks for, a chunk of
+    rows at a time through one reused logits buffer."""
+    need_hidden, need_weight, need_bias = need
+    exact = torch.float64 if compute_dtype == torch.float64 else torch.float32
+    low = compute_dtype != exact  # matmuls in bf16/fp16, softmax in fp32
+    hidden_mm, weight_mm = hidden.to(compute_dtype), weight.to(compute_dtype)
+    bias_mm = None if bias is None else bias.to(compute_dtype)
+    rows, vocab = hidden.shape[0], weight.shape[0]
+    chunk = max(1, min(rows, chunk_rows))
+    scratch = _logits_buffer(chunk * vocab, hidden.device, exact)
+    low_scratch = _logits_buffer(chunk * vocab, hidden.device, compute_dtype) if low else None
+    minus_one = torch.full((chunk, 1), -1.0, device=hidden.device, dtype=exact)
+    loss = torch.zeros((), device=hidden.device, dtype=exact)
+    grad_hidden = torch.empty_like(hidden_mm) if need_hidden else None
+    grad_weight = torch.empty(weight.shape, device=weight.device, dtype=exact) \
+        if need_weight else None
+    if grad_weight is not None and (low or rows == 0):
+        grad_weight.zero_()
+    grad_bias = torch.zeros(vocab, device=hidden.device, dtype=exact) if need_bias else None
+    weight_part = torch.empty_like(weight_mm) if need_weight and low else None
+    for start in range(0, rows, chunk):
+        part, wanted = hidden_mm[start:start + chunk], targets[start:start + chunk, None]
+        count = part.shape[0]
+        logits = scratch[: count * vocab].view(count, vocab)
+        product = logits if low_scratch is None else low_scratch[: count * vocab].view(
+            count, vocab)
+        if bias_mm is None:
+            torch.mm(part, weight_mm.t(), out=product)
+        else:
+            torch.addmm(bias_mm, part, weight_mm.t(), out=product)
+        if low:
+            logits.copy_(product)
+        logits.sub_(logits.amax(dim=1, keepdim=True))
+        picked = logits.gather(1, wanted)
+        logits.exp_()
+        total = logits.sum(dim=1, keepdim=True)
+        loss += (total.log() - picked).sum()
+        if not any(need):
+            continue
+        logits.div_(total).scatter_add_(1, wanted, minus_one[:count])  # softmax - onehot
+        if grad_bias is not None:
+            grad_bias += logits.sum(dim=0)
+        if low:
+            logits = product.copy_(logits)  # the gradient of the logits, for low matmuls
+        if grad_hidden is not None:
+            torch.mm(logits, weight_mm, out=grad_hidden[start:start + count])
+        if grad_weight is None:
+            continue
+        if weight_part is not None:  # low precision: summed over the chunks in fp32
+            grad_weight.add_(torch.mm(logits.t(), part, out=weight_part))
+        elif start == 0:
+            torch.mm(logits.t(), part, out=grad_weight)
+        else:
+            grad_weight.addmm_(logits.t(), part)
+    grads = (None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+             None if grad_weight is None else grad_weight.to(weight.dtype),
+             None if grad_bias is None else grad_bias.to(weight.dtype))
+    return loss, grads
 
 
 def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
                        chunk_rows: int | None = None) -> torch.Tensor:
     """Summed cross-entropy of `head(hidden)` (N, vocab) against `targets` (N,), as one fused,
-    chunked step when nothing needs mixed precision; otherwise the plain head + cross-entropy.
+    chunked step: in full precision, and under bf16/fp16 autocast with matmuls in that dtype
+    and an fp32 softmax. Where it cannot run (hidden and weight of different dtypes without
+    autocast) the plain head + cross-entropy runs, and a warning says so once.
 
     Example:
         >>> import torch
@@ -120,18 +161,32 @@ def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: tor
         True
     """
     weight, bias = head.weight, head.bias
-    autocasting = torch.is_autocast_enabled(hidden.device.type)
-    if autocasting or hidden.dtype != weight.dtype or hidden.dtype not in (
-            torch.float32, torch.float64):
-        # The softmax in fp32 whatever the autocast dtype: bf16 log-probabilities are too coarse.
+    if torch.is_autocast_enabled(hidden.device.type):
+        compute_dtype = torch.get_autocast_dtype(hidden.device.type)
+    elif hidden.dtype == weight.dtype:
+        compute_dtype = weight.dtype
+    else:
+        _warn_once(f"the fused head + cross-entropy cannot take {hidden.dtype} hidden states "
+                   f"with a {weight.dtype} head outside autocast: the whole (tokens x vocab) "
+                   "logits are made")
+        # The softmax in fp32 whatever the dtype: bf16 log-probabilities are too coarse.
         return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
     if chunk_rows is None:
         chunk_rows = max(16, CHUNK_BYTES // (weight.shape[0] * weight.element_size()))
     return _HeadCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows,
-                                   torch.is_grad_enabled())
+                                   torch.is_grad_enabled(), compute_dtype)
 
 
-def supervised_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def supervised_loss_sum(model: DecoderModel, inputs: torch.Tensor, targets: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of token losses, number of supervised tokens) for one batch."""
     hidden = model.forward_hidden(inputs)
@@ -141,7 +196,7 @@ def supervised_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, targets: t
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, batches, max_batches: int | None = None,
+def mean_loss(model: DecoderModel, batches, max_batches: int | None = None,
               device: torch.device | None = None, autocast=None) -> float:
     """Mean loss per supervised token over (up to `max_batches` of) `batches`."""
     total = 0.0

@@ -22,9 +22,24 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+
+class OptimizerLike(Protocol):
+    """What the trainer and checkpoints use of an optimizer: torch's, or `BackwardStepAdamW`."""
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def step(self) -> Any: ...
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
 def fused_available(device: torch.device) -> bool:
@@ -40,13 +55,15 @@ class BackwardStepAdamW:
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float,
-                 weight_decay: float, fused: bool = False, **adamw: Any):
+                 weight_decay: float, fused: bool = False, attach: bool = True, **adamw: Any):
         self.params = [p for p in params if p.requires_grad]
-        self._optimizers = {p: torch.optim.AdamW([p], lr=lr, weight_decay=weight_decay,
-                                                 fused=fused, **adamw) for p in self.params}
+        self._optimizers: dict[torch.Tensor, torch.optim.AdamW] = {
+            p: torch.optim.AdamW([p], lr=lr, weight_decay=weight_decay, fused=fused, **adamw)
+            for p in self.params}
         self._handles: list[Any] = []
         self._init_state()
-        self.attach()
+        if attach:
+            self.attach()
 
     @torch.no_grad()
     def _init_state(self) -> None:
@@ -68,7 +85,8 @@ class BackwardStepAdamW:
         parameter.grad = None
 
     def attach(self) -> None:
-        """Make backward passes update the parameters (done on construction)."""
+        """Make backward passes update the parameters (done on construction unless
+        `attach=False`)."""
         if not self._handles:
             self._handles = [p.register_post_accumulate_grad_hook(self._hook)
                              for p in self.params]
@@ -117,11 +135,20 @@ class BackwardStepAdamW:
 
 
 def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
-                   device: torch.device, in_backward: bool = False):
-    """AdamW over the trainable parameters, fused where torch has kernels for `device`, as
-    `BackwardStepAdamW` when `in_backward`."""
+                   device: torch.device, in_backward: bool = False
+                   ) -> torch.optim.AdamW | BackwardStepAdamW:
+    """AdamW over the trainable parameters, fused where torch has kernels for `device`; when
+    `in_backward`, a `BackwardStepAdamW` whose hooks are not yet attached (the training step
+    attaches them while it runs).
+
+    Example:
+        >>> make_optimizer(torch.nn.Linear(2, 2), lr=1e-3, weight_decay=0.0,
+        ...                device=torch.device("cpu")).defaults["fused"]
+        True
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     fused = fused_available(device)
     if in_backward:
-        return BackwardStepAdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        return BackwardStepAdamW(params, lr=lr, weight_decay=weight_decay, fused=fused,
+                                 attach=False)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)

@@ -1,0 +1,223 @@
+"""Training-step strategies: one optimizer step over a list of micro-batches.
+
+Every strategy does the book's step (forward, loss, backward, update) with the loss of each
+micro-batch divided by the supervised tokens of the whole step, so k micro-batches of b examples
+equal one batch of k*b. They differ in when the weights change:
+
+- `PlainStep`: zero the gradients, backward over every micro-batch, clip (optionally), then
+  `optimizer.step()`; under fp16 autocast on a GPU with a `GradScaler`.
+- `InBackwardStep`: AdamW runs inside the backward pass (`BackwardStepAdamW`), each parameter
+  updated as soon as its gradient is complete, so the whole model's gradients never exist at
+  once. Exact only for one micro-batch without clipping or loss scaling; `make_step` uses it
+  only then. Its hooks are attached for the duration of a step, never outside one.
+
+A strategy that is interrupted while the weights are changing says so (`torn`): its model must
+not be checkpointed. (`interrupts.deferred_interrupts` keeps Ctrl-C out of steps.)
+
+Example:
+    >>> import torch
+    >>> from sftkit.config import TrainConfig
+    >>> from sftkit.data.collate import Batch
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
+    ...                                           vocab_size=50))
+    >>> step = make_step(model, TrainConfig(), torch.device("cpu"), "fp32")
+    >>> type(step).__name__
+    'InBackwardStep'
+    >>> batch = Batch(torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, -100]]))
+    >>> stats = step([batch], lr=1e-3)
+    >>> stats.supervised_tokens, stats.tokens, step.torn
+    (2, 3, False)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sftkit.config import TrainConfig
+from sftkit.data.collate import Batch
+from sftkit.device import autocast
+from sftkit.models.base import DecoderModel
+from sftkit.training.loss import supervised_loss_sum
+from sftkit.training.optim import BackwardStepAdamW, OptimizerLike, make_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step did."""
+
+    loss: float  # mean loss per supervised token
+    tokens: int  # input positions, padding included
+    examples: int
+    supervised_tokens: int
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A micro-batch's loss is NaN or infinite; raised before its backward pass, so the
+    weights are those of the last complete step."""
+
+    def __init__(self, loss: float):
+        super().__init__(f"the training loss became {loss}")
+        self.loss = loss
+
+
+class TrainingStep:
+    """What every strategy shares: the learning rate, the micro-batch loop and `torn`."""
+
+    optimizer: OptimizerLike
+
+    def __init__(self, model: DecoderModel, optimizer: OptimizerLike, device: torch.device,
+                 precision: str):
+        self.model = model
+        self.optimizer = optimizer
+        self.device = device
+        self.precision = precision
+        self.torn = False
+        """True when a step stopped while the weights were changing (half-updated)."""
+
+    def __call__(self, micro_batches: Sequence[Batch], lr: float) -> StepStats:
+        """Run one optimizer step at learning rate `lr`."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._run(micro_batches)
+
+    def _run(self, micro_batches: Sequence[Batch]) -> StepStats:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _updating_weights(self) -> Iterator[None]:
+        """Marks the part of a step that changes the weights: an exception inside leaves
+        `torn` set."""
+        self.torn = True
+        yield
+        self.torn = False
+
+    def _backward_pass(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _backward(self, micro_batches: Sequence[Batch]) -> StepStats:
+        """Forward and backward over every micro-batch; the loss of each is divided by the
+        step's supervised tokens, so the gradients are those of one big batch."""
+        step_tokens = sum(batch.supervised_tokens for batch in micro_batches)
+        loss_total, tokens, examples = 0.0, 0, 0
+        for inputs, targets in micro_batches:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with autocast(self.device, self.precision):
+                loss_sum, _ = supervised_loss_sum(self.model, inputs, targets)
+            loss_value = float(loss_sum.detach())
+            if not math.isfinite(loss_value):  # before backward, which may update weights
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLoss(loss_value)
+            self._backward_pass(loss_sum / step_tokens)
+            loss_total += loss_value
+            tokens += inputs.numel()
+            examples += inputs.shape[0]
+            if self.device.type == "mps":
+                torch.mps.empty_cache()
+        return StepStats(loss_total / step_tokens, tokens, examples, step_tokens)
+
+
+class PlainStep(TrainingStep):
+    """Backward over all micro-batches, clip, then `optimizer.step()` (the book's step)."""
+
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, model: DecoderModel, optimizer: torch.optim.Optimizer,
+                 device: torch.device, precision: str, grad_clip: float = 0.0):
+        super().__init__(model, optimizer, device, precision)
+        self.grad_clip = grad_clip
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=precision == "fp16" and device.type == "cuda")
+
+    def _backward_pass(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def _run(self, micro_batches: Sequence[Batch]) -> StepStats:
+        stats = self._backward(micro_batches)
+        with self._updating_weights():
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+
+class InBackwardStep(TrainingStep):
+    """AdamW applied per parameter inside backward (`optim.BackwardStepAdamW`)."""
+
+    optimizer: BackwardStepAdamW
+
+    def __init__(self, model: DecoderModel, optimizer: BackwardStepAdamW,
+                 device: torch.device, precision: str):
+        super().__init__(model, optimizer, device, precision)
+
+    def _run(self, micro_batches: Sequence[Batch]) -> StepStats:
+        if len(micro_batches) != 1:
+            raise ValueError("stepping in backward is exact only for one micro-batch a step")
+        self.optimizer.attach()
+        try:
+            return self._backward(micro_batches)
+        finally:  # outside a step, a backward pass on the model must not train it
+            self.optimizer.detach()
+
+    def _backward_pass(self, loss: torch.Tensor) -> None:
+        with self._updating_weights():  # AdamW updates the parameters one by one in here
+            loss.backward()
+
+
+def _in_backward_obstacle(config: TrainConfig, device: torch.device, precision: str
+                         ) -> str | None:
+    """Why `config.step_in_backward` cannot be honoured exactly, or None when it can."""
+    if config.grad_accum != 1:
+        return f"train.grad_accum is {config.grad_accum}"
+    if config.grad_clip:
+        return f"train.grad_clip is {config.grad_clip}"
+    if precision == "fp16" and device.type == "cuda":
+        return "fp16 needs loss scaling"
+    return None
+
+
+def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
+              precision: str) -> TrainingStep:
+    """The strategy for `config`: in-backward where it is exact and asked for, else plain."""
+    reason = _in_backward_obstacle(config, device, precision)
+    in_backward = config.step_in_backward and reason is None
+    if config.step_in_backward and reason is not None:
+        logger.info("train.step_in_backward is on, but %s: AdamW steps after backward", reason)
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
+                               device=device, in_backward=in_backward)
+    if isinstance(optimizer, BackwardStepAdamW):
+        return InBackwardStep(model, optimizer, device, precision)
+    return PlainStep(model, optimizer, device, precision, grad_clip=config.grad_clip)
+
+
+def use_sparse_embedding_gradient(model: DecoderModel) -> None:
+    """Give a tied token embedding a sparse lookup gradient (idempotent; untied: no change).
+
+    The lookup touches only the batch's rows, and autograd adds that sparse gradient into the
+    output head's dense one in place: no second vocab-sized gradient is made, zero-filled and
+    summed every step. Only training needs it, so the trainer decides, not the model.
+
+    Example:
+        >>> from sftkit.models import ModelConfig, build_model
+        >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32,
+        ...                                           n_heads=2, vocab_size=50))
+        >>> use_sparse_embedding_gradient(model)
+        >>> model.tok_emb.sparse
+        True
+    """
+    if model.lm_head.weight is model.tok_emb.weight:
+        model.tok_emb.sparse = True
+
