@@ -63,13 +63,26 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 6,
 
 def measure_peaks(size: int = 2048, rounds: int = 3) -> dict[str, float]:
     """fp32 and bf16 matmul GFLOP/s (interleaved, best of `rounds` each), and sftkit's own
-    bf16/fp32 speed ratio (the measurement behind `precision=auto`)."""
-    from sftkit.device import cpu_bf16_speedup, pick_precision
+    bf16/fp32 speed ratio (the measurement behind `precision=auto`).
 
+    Where the CPU has no bf16 instructions, bf16 is not timed (emulated, it runs about 100x
+    slower than fp32 on an AVX2-only CPU: minutes for nothing) and its figures are 0."""
+    from sftkit.device import cpu_bf16_speedup, cpu_has_native_bf16, pick_precision
+
+    time_bf16 = cpu_has_native_bf16() is not False
     fp32 = bf16 = 0.0
     for _ in range(rounds):
         fp32 = max(fp32, matmul_gflops(torch.float32, size, rounds=1))
-        bf16 = max(bf16, matmul_gflops(torch.bfloat16, size, rounds=1))
+        if time_bf16:
+            bf16 = max(bf16, matmul_gflops(torch.bfloat16, size, rounds=1))
     return {"fp32_gflops": fp32, "bf16_gflops": bf16, "bf16_over_fp32": bf16 / fp32,
+            "bf16_timed": time_bf16,
             "sftkit_bf16_speedup": cpu_bf16_speedup(),
             "sftkit_auto_precision": pick_precision(torch.device("cpu"), "auto")}
+
+
+def describe_bf16(peaks: dict[str, Any]) -> str:
+    """The bf16 matmul figure, or why there is none."""
+    if not peaks.get("bf16_timed", True):
+        return "bf16 not timed (no bf16 instructions on this CPU)"
+    return f"bf16 {peaks['bf16_gflops']:.1f} GFLOP/s (bf16/fp32 = {peaks['bf16_over_fp32']:.2f})"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.common import median
+from benchmarks.machine import describe_bf16
 
 GB = 1e9
 MIB = 2 ** 20
@@ -159,7 +160,7 @@ class Report:
             f"{self.load_after} — the machine is shared, so every comparison is side by side "
             "in this run, interleaved step by step, medians of per-step rates",
             f"- matmul peak (2048², best of 3): fp32 {p['fp32_gflops']:.1f} GFLOP/s, "
-            f"bf16 {p['bf16_gflops']:.1f} GFLOP/s (bf16/fp32 = {p['bf16_over_fp32']:.2f}); "
+            f"{describe_bf16(p)}; "
             f"sftkit's own bf16-autocast/fp32 measurement {p['sftkit_bf16_speedup']:.2f} → "
             f"`precision=auto` picks **{p['sftkit_auto_precision']}**",
             f"- versions: {versions}",

@@ -25,7 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DataSpec  # noqa: E402
-from benchmarks.machine import cpu_info, load_average, measure_peaks, versions  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    cpu_info,
+    describe_bf16,
+    load_average,
+    measure_peaks,
+    versions,
+)
 from benchmarks.report import Report  # noqa: E402
 from benchmarks.training import Spec, model_config, run_group  # noqa: E402
 
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     report.peaks = measure_peaks(size=512 if args.quick else 2048,
                                  rounds=1 if args.quick else 3)
     print(f"matmul peak: fp32 {report.peaks['fp32_gflops']:.1f} GFLOP/s, "
-          f"bf16 {report.peaks['bf16_gflops']:.1f} GFLOP/s")
+          f"{describe_bf16(report.peaks)}")
     with tempfile.TemporaryDirectory(prefix="sftkit-bench-") as tmp:
         if "train" in only:
             section_train(args, report, Path(tmp))
