@@ -79,6 +79,7 @@ def test_model_gradients_equal_the_reference_full_logits_loss(family):
         overrides.update(n_kv_heads=2, hidden_dim=64)
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name(family, **overrides)).double()
+    model.tok_emb.sparse = True  # a training decision: the trainer turns it on, not the model
     assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.sparse
     inputs = torch.randint(0, 300, (3, 12))
     targets = torch.randint(0, 300, (3, 12))
