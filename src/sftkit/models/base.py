@@ -65,7 +65,9 @@ class DecoderModel(nn.Module):
                             pad_lengths: torch.Tensor | None) -> Iterator[torch.Tensor]:
         """Yield each token's position: (T,) 0..T-1 for a plain call. With a cache, the
         positions of `CachedCall.token_positions`, and for the duration every layer's attention
-        holds its `LayerKVCache` (so a block needs nothing but its input)."""
+        holds its `LayerKVCache` (so a block needs nothing but its input). The attentions are
+        shared state for that while: one model runs one cached call at a time (the server's
+        single generation thread does)."""
         batch, length = idx.shape
         if kv_cache is None:
             from_zero = input_pos is None or (isinstance(input_pos, int) and input_pos == 0)

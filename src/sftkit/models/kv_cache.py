@@ -161,7 +161,7 @@ class CachedCall:
         return ((mask[None] & real[:, None, :]) | itself[None])[:, None]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per layer per call: slots make it cheap to build
 class LayerKVCache:
     """One layer's keys and values (B, H_kv, max_len, D) during one cached call."""
 

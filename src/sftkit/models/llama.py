@@ -1,5 +1,10 @@
 """The Llama architecture from scratch: RMSNorm, RoPE, grouped-query attention, SwiGLU.
 
+Read top to bottom, it is GPT-2 (`sftkit.models.gpt2`) with four changes: RMSNorm instead of
+LayerNorm, rotary position embeddings (RoPE) applied to queries and keys instead of learned
+positions added to the input, fewer key/value heads than query heads, and a gated (SwiGLU)
+feed-forward network. Generation's KV cache is kept apart, as in GPT-2.
+
 Parameter names (see `sftkit.checkpoints.keymaps` for Hugging Face's): `tok_emb`,
 `blocks.N.attn_norm`, `blocks.N.attn.{q,k,v,out}_proj`, `blocks.N.mlp_norm`,
 `blocks.N.mlp.{gate,up,down}_proj`, `final_norm`, `lm_head` (shared with `tok_emb` when
@@ -29,6 +34,9 @@ from sftkit.models.kv_cache import KVCache, LayerKVCache
 
 
 class RMSNorm(nn.Module):
+    """Scale each vector to unit root-mean-square, then by a learned per-channel weight (no
+    mean subtraction and no shift, unlike LayerNorm)."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -103,6 +111,8 @@ class LlamaAttention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    """The gated feed-forward network: SiLU(gate(x)) * up(x), projected back down."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(config.emb_dim, config.hidden_dim, bias=False)
@@ -114,6 +124,9 @@ class SwiGLU(nn.Module):
 
 
 class LlamaBlock(nn.Module):
+    """RMSNorm → attention and RMSNorm → SwiGLU, each with a shortcut; the RoPE tables
+    `cos`/`sin` of the call's positions are shared by every block."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.emb_dim, config.norm_eps)
