@@ -27,8 +27,12 @@ $(TESTDEPS): $(RUNTIME)
 run: $(RUNTIME)
 	$(BIN)/sftkit run
 
+# Lint, the layer contract (import-linter, pyproject.toml), types, then the fast tests and every
+# docstring example of the package.
 test: $(TESTDEPS)
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # Side-by-side benchmark (benchmarks/RESULTS.md); e.g.

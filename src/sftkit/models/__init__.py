@@ -1,7 +1,9 @@
 """Decoder-only language models written from scratch: GPT-2 and the Llama family.
 
-Both share one interface: `model(idx, *, kv_cache=None, input_pos=None) -> logits`,
-`forward_hidden` + `lm_head`, `num_parameters()`, `make_kv_cache(...)` and `model.config`.
+Both share one interface (`base.DecoderModel`):
+`model(idx, *, kv_cache=None, input_pos=None, pad_lengths=None) -> logits`, `forward_hidden` +
+`lm_head`, `num_parameters()`, `make_kv_cache(...)` and `model.config`. Start reading at
+`gpt2.py`; `llama.py` is the same shape with four changes; `kv_cache.py` is generation's path.
 
 Example:
     >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=2, emb_dim=32, n_heads=4))

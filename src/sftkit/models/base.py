@@ -1,27 +1,39 @@
 """What GPT-2 and Llama share: the output head on top of `forward_hidden`, weight tying,
-initialisation, the parameter count and the KV cache."""
+initialisation, the parameter count, and handing each attention its KV cache."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Protocol, cast
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sftkit.errors import SftkitError
 from sftkit.models.config import ModelConfig
-from sftkit.models.kv_cache import KVCache
+from sftkit.models.kv_cache import CachedCall, KVCache, LayerKVCache
+
+
+class HoldsKVCache(Protocol):
+    """Each family's attention: it attends over `kv_cache` when one is set."""
+
+    kv_cache: LayerKVCache | None
 
 
 class DecoderModel(nn.Module):
-    """A decoder-only model; subclasses build `tok_emb`, `blocks`, `final_norm`, `lm_head` and
-    implement `forward_hidden`."""
+    """A decoder-only model; subclasses build `tok_emb`, `blocks` (each with an `attn` that
+    has a `kv_cache` attribute), `final_norm`, `lm_head` and implement `forward_hidden`."""
 
     config: ModelConfig
     tok_emb: nn.Embedding
+    blocks: nn.ModuleList
     lm_head: nn.Linear
     activation_checkpointing: bool = False
     """In training, keep only each block's input and recompute its activations in backward."""
 
-    def run_block(self, block: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+    def run_block(self, block: nn.Module, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         """`block(x, *args)`, checkpointed when `activation_checkpointing` is on and a backward
         pass will follow."""
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -33,8 +45,10 @@ class DecoderModel(nn.Module):
                        pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The final normed hidden states (B, T, emb_dim), before the output head.
 
-        `pad_lengths` (B,): each row starts with that many padding tokens (left padding for
-        batched generation); they get no attention and the row's positions start after them.
+        With `kv_cache`, the tokens go at `input_pos` (an int or the (T,) positions) and attend
+        to every position cached before them. `pad_lengths` (B,): each row starts with that
+        many padding tokens (left padding for batched generation); they get no attention and
+        the row's positions start after them. Both need a `kv_cache`.
         """
         raise NotImplementedError
 
@@ -45,6 +59,41 @@ class DecoderModel(nn.Module):
         return self.lm_head(self.forward_hidden(idx, kv_cache=kv_cache, input_pos=input_pos,
                                                 pad_lengths=pad_lengths))
 
+    @contextlib.contextmanager
+    def positions_and_cache(self, idx: torch.Tensor, kv_cache: KVCache | None,
+                            input_pos: int | torch.Tensor | None,
+                            pad_lengths: torch.Tensor | None) -> Iterator[torch.Tensor]:
+        """Yield each token's position: (T,) 0..T-1 for a plain call. With a cache, the
+        positions of `CachedCall.token_positions`, and for the duration every layer's attention
+        holds its `LayerKVCache` (so a block needs nothing but its input). The attentions are
+        shared state for that while: one model runs one cached call at a time (the server's
+        single generation thread does)."""
+        batch, length = idx.shape
+        if kv_cache is None:
+            from_zero = input_pos is None or (isinstance(input_pos, int) and input_pos == 0)
+            if pad_lengths is not None or not from_zero:
+                raise ValueError("input_pos and pad_lengths place tokens in a KV cache: "
+                                 "pass kv_cache= as well")
+            self._check_context(length)
+            yield torch.arange(length, device=idx.device)
+            return
+        call = CachedCall.at(input_pos, length, idx.device, pad_lengths)
+        self._check_context(call.end)
+        self._attach(kv_cache.begin(call, batch))
+        try:
+            yield call.token_positions
+        finally:
+            self._attach([None] * len(self.blocks))
+
+    def _attach(self, layer_caches: list[LayerKVCache] | list[None]) -> None:
+        for block, layer_cache in zip(self.blocks, layer_caches):
+            cast(HoldsKVCache, block.attn).kv_cache = layer_cache
+
+    def _check_context(self, end: int) -> None:
+        if end > self.config.context_length:
+            raise SftkitError(f"sequence reaches position {end}, beyond the model's "
+                              f"context length {self.config.context_length}")
+
     def reset_parameters(self) -> None:
         """Normal(0, 0.02) weights (GPT-2's initialisation), zero biases, unit norm scales;
         re-ties the head when configured."""
@@ -53,20 +102,25 @@ class DecoderModel(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()  # the norms: scale 1 (and shift 0)
+            elif module is not self and callable(reset := getattr(module, "reset_parameters",
+                                                                  None)):
+                reset()  # the norms: scale 1 (and shift 0)
         self.tie_weights()
 
     def tie_weights(self) -> None:
         """Share the output head's weight with the token embedding (when configured).
 
-        A tied embedding's lookup then gives a sparse gradient (only the rows of the batch's
-        tokens), which autograd adds into the head's dense gradient in place: no second
-        vocab-sized gradient is made, zero-filled and summed on every step.
+        Example:
+            >>> from sftkit.models import build_model
+            >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=8,
+            ...                                           n_heads=2, vocab_size=10))
+            >>> model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+            >>> model.tie_weights()
+            >>> model.lm_head.weight is model.tok_emb.weight
+            True
         """
         if self.config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-            self.tok_emb.sparse = True
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied head counts once)."""
@@ -75,7 +129,8 @@ class DecoderModel(nn.Module):
     def make_kv_cache(self, batch_size: int, max_len: int | None = None,
                       device: torch.device | str | None = None,
                       dtype: torch.dtype | None = None) -> KVCache:
-        """A preallocated cache for `batch_size` sequences of up to `max_len` positions."""
+        """A preallocated cache for `batch_size` sequences of up to `max_len` positions (the
+        model's context length by default), on the model's device and in its dtype."""
         weight = self.tok_emb.weight
         return KVCache(n_layers=self.config.n_layers, batch_size=batch_size,
                        n_kv_heads=self.config.n_kv_heads,

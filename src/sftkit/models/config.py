@@ -38,9 +38,11 @@ class ModelConfig:
     emb_dim: int
     n_layers: int
     n_heads: int
-    n_kv_heads: int | None = None
+    # The two fields below accept None, which `__post_init__` replaces by the derived number:
+    # typed `int` because every built config holds one.
+    n_kv_heads: int = None  # type: ignore[assignment]
     """Key/value heads for grouped-query attention; None means one per query head."""
-    hidden_dim: int | None = None
+    hidden_dim: int = None  # type: ignore[assignment]
     """Width of the feed-forward layer; None means 4 * emb_dim (GPT-2 only)."""
     qkv_bias: bool = False
     tie_embeddings: bool = True

@@ -1,5 +1,10 @@
 """GPT-2 from scratch: pre-LayerNorm blocks, learned positions, GELU (tanh), tied output head.
 
+Read top to bottom, as the book's chapters 3 and 4 build it: multi-head causal self-attention,
+the feed-forward network, the transformer block (each with a shortcut around it), the model.
+Generation's KV cache is kept apart (see `sftkit.models.kv_cache`): an attention uses it only
+while the model has handed it one.
+
 Parameter names (the key maps in `sftkit.checkpoints.keymaps` translate them to Hugging Face's
 and the book's): `tok_emb`, `pos_emb`, `blocks.N.attn_norm`, `blocks.N.attn.{q,k,v,out}_proj`,
 `blocks.N.mlp_norm`, `blocks.N.mlp.fc`, `blocks.N.mlp.proj`, `final_norm`, `lm_head`.
@@ -20,10 +25,15 @@ from torch import nn
 
 from sftkit.models.base import DecoderModel
 from sftkit.models.config import ModelConfig
-from sftkit.models.kv_cache import KVCache, Positions, attend
+from sftkit.models.kv_cache import KVCache, LayerKVCache
 
 
 class GPTAttention(nn.Module):
+    """Multi-head causal self-attention (the book's `MultiHeadAttention`): each token's query
+    is scored against the keys of itself and the tokens before it, and the softmax of those
+    scores mixes their values. PyTorch's `scaled_dot_product_attention` does the scaling by
+    1/sqrt(head_dim), the causal mask, the softmax and the weighted sum in one kernel."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         emb = config.emb_dim
@@ -33,20 +43,27 @@ class GPTAttention(nn.Module):
         self.v_proj = nn.Linear(emb, emb, bias=config.qkv_bias)
         self.out_proj = nn.Linear(emb, emb)
         self.drop_rate = config.drop_rate
+        # This layer's cache: set by the model only for the duration of a cached call.
+        self.kv_cache: LayerKVCache | None = None
 
-    def forward(self, x: torch.Tensor, positions: Positions, kv_cache: KVCache | None,
-                layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, emb = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        return self.out_proj(attend(q, k, v, positions=positions, kv_cache=kv_cache, layer=layer,
-                                    dropout_p=self.drop_rate if self.training else 0.0))
+        # (B, T, emb) → (B, n_heads, T, head_dim): each head attends on its own slice.
+        q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        if self.kv_cache is None:
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.drop_rate if self.training else 0.0)
+        else:  # generation: attend over the cached earlier tokens too
+            out = self.kv_cache.attend(q, k, v)
+        # Merge the heads back: (B, n_heads, T, head_dim) → (B, T, emb).
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, emb))
 
 
 class GPTMLP(nn.Module):
+    """The feed-forward network: widen to `hidden_dim` (4 x emb_dim), GELU, project back."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(config.emb_dim, config.hidden_dim)
@@ -57,6 +74,9 @@ class GPTMLP(nn.Module):
 
 
 class GPTBlock(nn.Module):
+    """The transformer block: LayerNorm → attention and LayerNorm → feed-forward, each added
+    back to its input (the shortcut connections)."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
@@ -65,14 +85,14 @@ class GPTBlock(nn.Module):
         self.mlp = GPTMLP(config)
         self.drop = nn.Dropout(config.drop_rate)
 
-    def forward(self, x: torch.Tensor, positions: Positions, kv_cache: KVCache | None,
-                layer: int) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), positions, kv_cache, layer))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x)))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
 class GPTModel(DecoderModel):
-    """The GPT-2 architecture (the book's `GPTModel`), with an optional KV cache."""
+    """The GPT-2 architecture (the book's `GPTModel`): token plus position embeddings, the
+    blocks, a final LayerNorm, and the output head (see `DecoderModel.forward`)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -89,9 +109,8 @@ class GPTModel(DecoderModel):
                        input_pos: int | torch.Tensor | None = None,
                        pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """See `DecoderModel.forward_hidden`."""
-        positions = Positions.resolve(input_pos, idx.shape[1], idx.device,
-                                      self.config.context_length, pad_lengths)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions.token_positions))
-        for layer, block in enumerate(self.blocks):
-            x = self.run_block(block, x, positions, kv_cache, layer)
-        return self.final_norm(x)
+        with self.positions_and_cache(idx, kv_cache, input_pos, pad_lengths) as positions:
+            x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+            for block in self.blocks:
+                x = self.run_block(block, x)
+            return self.final_norm(x)

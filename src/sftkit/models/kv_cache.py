@@ -1,9 +1,17 @@
-"""The key/value cache and the causal attention both model families share.
+"""The key/value cache for generation, and attention over it (the cache path of attention).
 
-A `KVCache` preallocates, per layer, key and value tensors of shape
-`(batch, n_kv_heads, max_len, head_dim)`. A forward pass with `kv_cache=` writes the new keys
-and values at `input_pos` and attends over every position written so far, so feeding a prompt
-and then one token at a time gives the same logits as feeding the whole sequence at once.
+Training never sees this file: there, each attention runs plain causal attention over the
+tokens of its call. Generation feeds a prompt and then one token at a time; recomputing the
+keys and values of every earlier token at each step would cost a whole forward pass per token,
+so a `KVCache` keeps them. It preallocates, per layer, key and value tensors of shape
+`(batch, n_kv_heads, max_len, head_dim)`.
+
+For one forward call with `kv_cache=`, the model describes where the call's tokens go (a
+`CachedCall`: their slots from `input_pos`, and each row's left padding) and hands every
+layer's attention a `LayerKVCache`: that layer's buffers plus the call. The attention then
+calls `LayerKVCache.attend` instead of plain causal attention: it stores the new keys and
+values and attends over every position written so far, so feeding a prompt and then one token
+at a time gives the same logits as feeding the whole sequence at once.
 
 Example:
     >>> import torch
@@ -15,6 +23,8 @@ Example:
     >>> nxt = logits[:, -1:].argmax(-1)
     >>> model(nxt, kv_cache=cache, input_pos=3).shape                 # one new token
     torch.Size([1, 1, 50257])
+    >>> cache.filled
+    4
 """
 
 from __future__ import annotations
@@ -28,7 +38,13 @@ from sftkit.errors import SftkitError
 
 
 class KVCache:
-    """Preallocated per-layer keys and values: `keys[layer]` is (B, n_kv_heads, max_len, D)."""
+    """Preallocated per-layer keys and values: `keys[layer]` is (B, n_kv_heads, max_len, D).
+
+    Example:
+        >>> cache = KVCache(n_layers=2, batch_size=3, n_kv_heads=1, max_len=8, head_dim=4)
+        >>> len(cache.keys), tuple(cache.keys[0].shape), cache.filled
+        (2, (3, 1, 8, 4), 0)
+    """
 
     def __init__(self, *, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int,
                  head_dim: int, device: torch.device | str | None = None,
@@ -40,26 +56,31 @@ class KVCache:
         self.max_len = max_len
         self.filled = 0  # one past the highest position written
 
-    def update(self, layer: int, positions: Positions, key: torch.Tensor,
-               value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store `key`/`value` (B, H_kv, T, D) at `positions`; return positions 0..end-1."""
-        batch = key.shape[0]
-        if batch > self.batch_size or positions.end > self.max_len:
+    def begin(self, call: CachedCall, batch: int) -> list[LayerKVCache]:
+        """Each layer's view of the cache for a call writing `batch` rows at `call`'s slots."""
+        if batch > self.batch_size or call.end > self.max_len:
             raise SftkitError(
                 f"KV cache too small: it holds {self.batch_size} sequences of {self.max_len} "
-                f"positions, the call needs {batch} sequences up to position {positions.end}"
+                f"positions, the call needs {batch} sequences up to position {call.end}"
             )
-        keys, values = self.keys[layer], self.values[layer]
-        self.filled = max(self.filled, positions.end)
-        keys[:batch].index_copy_(2, positions.index, key.to(keys.dtype))
-        values[:batch].index_copy_(2, positions.index, value.to(values.dtype))
-        return keys[:batch, :, : positions.end], values[:batch, :, : positions.end]
+        self.filled = max(self.filled, call.end)
+        return [LayerKVCache(keys[:batch], values[:batch], call)
+                for keys, values in zip(self.keys, self.values)]
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only the sequences `rows` (B',) in this order: finished ones leave the batch.
 
         The kept rows move to the front of the same buffers, and only the positions written so
-        far are copied (a fresh copy of the whole preallocated cache cost up to seconds)."""
+        far are copied (a fresh copy of the whole preallocated cache cost up to seconds).
+
+        Example:
+            >>> cache = KVCache(n_layers=1, batch_size=3, n_kv_heads=1, max_len=4, head_dim=1)
+            >>> cache.keys[0][:, 0, 0, 0] = torch.tensor([10.0, 20.0, 30.0])
+            >>> cache.filled = 1
+            >>> cache.select_rows(torch.tensor([2, 0]))
+            >>> cache.batch_size, cache.keys[0][:2, 0, 0, 0].tolist()
+            (2, [30.0, 10.0])
+        """
         count, end = int(rows.numel()), self.filled
         for tensor in (*self.keys, *self.values):
             tensor[:count, :, :end] = tensor[rows, :, :end]
@@ -73,92 +94,97 @@ class KVCache:
 
 
 @dataclass(frozen=True)
-class Positions:
-    """The absolute positions of the tokens in one forward call."""
+class CachedCall:
+    """Where the T tokens of one cached forward call go, and what each may attend to."""
 
-    index: torch.Tensor  # (T,) int64: the cache slots (= positions without left padding)
-    end: int  # one past the largest slot
-    from_zero: bool  # index == 0, 1, ..., T-1: a plain causal mask is exact
-    pad_lengths: torch.Tensor | None = None  # (B,) left-padding slots of each row
-
-    @property
-    def token_positions(self) -> torch.Tensor:
-        """Each token's position in its own sequence: (T,), or (B, T) with left padding (the
-        padding slots themselves get position 0)."""
-        if self.pad_lengths is None:
-            return self.index
-        return (self.index[None, :] - self.pad_lengths[:, None]).clamp(min=0)
-
-    def key_mask(self, n_keys: int) -> torch.Tensor:
-        """(B or 1, 1, T, S) True where query i may attend to key slot j: causally, never to a
-        row's padding, and always to itself (so a padding query has one finite score)."""
-        slots = torch.arange(n_keys, device=self.index.device)
-        mask = slots[None, :] <= self.index[:, None]
-        if self.pad_lengths is not None:
-            real = slots[None, :] >= self.pad_lengths[:, None]  # (B, S)
-            itself = slots[None, :] == self.index[:, None]  # (T, S)
-            mask = (mask[None] & real[:, None, :]) | itself[None]
-        else:
-            mask = mask[None]
-        return mask[:, None]
+    slots: torch.Tensor
+    """(T,) int64: the cache slots written (= the positions, without left padding)."""
+    end: int
+    """One past the largest slot: the call attends over slots 0 .. end-1."""
+    from_zero: bool
+    """slots == 0, 1, ..., T-1 and no padding: a plain causal mask is exact."""
+    pad_lengths: torch.Tensor | None = None
+    """(B,) int64: each row starts with that many padding slots (batched generation)."""
 
     @classmethod
-    def resolve(cls, input_pos: int | torch.Tensor | None, length: int,
-                device: torch.device, context_length: int,
-                pad_lengths: torch.Tensor | None = None) -> Positions:
+    def at(cls, input_pos: int | torch.Tensor | None, length: int, device: torch.device,
+           pad_lengths: torch.Tensor | None = None) -> CachedCall:
+        """The call writing `length` tokens from `input_pos` (an int, a 0-d tensor, or the
+        (T,) slots themselves).
+
+        Example:
+            >>> call = CachedCall.at(4, 2, torch.device("cpu"))
+            >>> call.slots.tolist(), call.end, call.from_zero
+            ([4, 5], 6, False)
+        """
         if input_pos is None:
             input_pos = 0
         if isinstance(input_pos, torch.Tensor) and input_pos.ndim == 0:
             input_pos = int(input_pos)
         if isinstance(input_pos, int):
-            index = torch.arange(input_pos, input_pos + length, device=device)
-            positions = cls(index=index, end=input_pos + length, from_zero=input_pos == 0)
+            slots = torch.arange(input_pos, input_pos + length, device=device)
+            end, from_zero = input_pos + length, input_pos == 0
         else:
             if input_pos.shape != (length,):
                 raise ValueError(f"input_pos has shape {tuple(input_pos.shape)}, "
                                  f"expected ({length},)")
-            index = input_pos.to(device=device, dtype=torch.long)
-            positions = cls(index=index, end=int(index.max()) + 1, from_zero=False)
-        if pad_lengths is not None:
-            positions = cls(index=positions.index, end=positions.end, from_zero=False,
-                            pad_lengths=pad_lengths.to(device=device, dtype=torch.long))
-        if positions.end > context_length:
-            raise SftkitError(f"sequence reaches position {positions.end}, beyond the model's "
-                              f"context length {context_length}")
-        return positions
+            slots = input_pos.to(device=device, dtype=torch.long)
+            end, from_zero = int(slots.max()) + 1, False
+        if pad_lengths is None:
+            return cls(slots=slots, end=end, from_zero=from_zero)
+        return cls(slots=slots, end=end, from_zero=False,
+                   pad_lengths=pad_lengths.to(device=device, dtype=torch.long))
+
+    @property
+    def token_positions(self) -> torch.Tensor:
+        """Each token's position in its own sequence: (T,), or (B, T) with left padding (the
+        padding slots themselves get position 0).
+
+        Example:
+            >>> call = CachedCall.at(0, 4, torch.device("cpu"), pad_lengths=torch.tensor([0, 2]))
+            >>> call.token_positions.tolist()
+            [[0, 1, 2, 3], [0, 0, 0, 1]]
+        """
+        if self.pad_lengths is None:
+            return self.slots
+        return (self.slots[None, :] - self.pad_lengths[:, None]).clamp(min=0)
+
+    def key_mask(self, n_keys: int) -> torch.Tensor:
+        """(B or 1, 1, T, S) True where query i may attend to key slot j: causally, never to a
+        row's padding, and always to itself (so a padding query has one finite score)."""
+        keys = torch.arange(n_keys, device=self.slots.device)
+        mask = keys[None, :] <= self.slots[:, None]
+        if self.pad_lengths is None:
+            return mask[None, None]
+        real = keys[None, :] >= self.pad_lengths[:, None]  # (B, S)
+        itself = keys[None, :] == self.slots[:, None]  # (T, S)
+        return ((mask[None] & real[:, None, :]) | itself[None])[:, None]
 
 
-def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
-                     positions: Positions, cached: bool, dropout_p: float) -> torch.Tensor:
-    """Scaled dot-product attention of queries (B, H, T, D) over keys/values (B, H_kv, S, D).
+@dataclass(slots=True)  # one per layer per call: slots make it cheap to build
+class LayerKVCache:
+    """One layer's keys and values (B, H_kv, max_len, D) during one cached call."""
 
-    Without a cache the keys are those of the same T tokens and a causal mask is exact. With a
-    cache the keys cover positions 0..S-1 and query i may see key j when j <= its position.
-    """
-    # Grouped-query attention: query head h reads kv head h // (n_heads / n_kv_heads); SDPA
-    # does the grouping itself, without copying the keys and values per query head.
-    gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
-    length = query.shape[2]
-    padded = positions.pad_lengths is not None
-    if not padded and (not cached or (positions.from_zero and key.shape[2] == length)):
-        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p,
-                                              is_causal=True, **gqa)
-    if length == 1 and not padded:
-        # One new token attends to every position written so far, including itself.
-        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, **gqa)
-    mask = positions.key_mask(key.shape[2])
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p,
-                                          **gqa)
+    keys: torch.Tensor
+    values: torch.Tensor
+    call: CachedCall
 
-
-def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
-           positions: Positions, kv_cache: KVCache | None, layer: int,
-           dropout_p: float) -> torch.Tensor:
-    """Store the new keys/values in the cache (if any), attend, and merge the heads:
-    (B, H, T, D) queries → (B, T, H * D)."""
-    if kv_cache is not None:
-        key, value = kv_cache.update(layer, positions, key, value)
-    out = causal_attention(query, key, value, positions=positions, cached=kv_cache is not None,
-                           dropout_p=dropout_p)
-    batch, heads, length, head_dim = out.shape
-    return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
+    def attend(self, query: torch.Tensor, key: torch.Tensor,
+               value: torch.Tensor) -> torch.Tensor:
+        """Store the call's keys/values (B, H_kv, T, D), then attend with queries (B, H, T, D)
+        over every slot written so far; returns (B, H, T, D). Generation only: no dropout."""
+        call = self.call
+        self.keys.index_copy_(2, call.slots, key.to(self.keys.dtype))
+        self.values.index_copy_(2, call.slots, value.to(self.values.dtype))
+        key, value = self.keys[:, :, : call.end], self.values[:, :, : call.end]
+        # Grouped-query attention: SDPA reads kv head h // (n_heads / n_kv_heads) for query
+        # head h itself, without copying the keys and values per query head.
+        grouped = key.shape[1] != query.shape[1]
+        if call.from_zero:  # a prefill: exactly the plain causal case
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True,
+                                                  enable_gqa=grouped)
+        if query.shape[2] == 1 and call.pad_lengths is None:
+            # One new token attends to every position written so far, including itself.
+            return F.scaled_dot_product_attention(query, key, value, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=call.key_mask(
+            call.end), enable_gqa=grouped)

@@ -1,5 +1,10 @@
 """The Llama architecture from scratch: RMSNorm, RoPE, grouped-query attention, SwiGLU.
 
+Read top to bottom, it is GPT-2 (`sftkit.models.gpt2`) with four changes: RMSNorm instead of
+LayerNorm, rotary position embeddings (RoPE) applied to queries and keys instead of learned
+positions added to the input, fewer key/value heads than query heads, and a gated (SwiGLU)
+feed-forward network. Generation's KV cache is kept apart, as in GPT-2.
+
 Parameter names (see `sftkit.checkpoints.keymaps` for Hugging Face's): `tok_emb`,
 `blocks.N.attn_norm`, `blocks.N.attn.{q,k,v,out}_proj`, `blocks.N.mlp_norm`,
 `blocks.N.mlp.{gate,up,down}_proj`, `final_norm`, `lm_head` (shared with `tok_emb` when
@@ -25,10 +30,13 @@ from torch import nn
 
 from sftkit.models.base import DecoderModel
 from sftkit.models.config import ModelConfig
-from sftkit.models.kv_cache import KVCache, Positions, attend
+from sftkit.models.kv_cache import KVCache, LayerKVCache
 
 
 class RMSNorm(nn.Module):
+    """Scale each vector to unit root-mean-square, then by a learned per-channel weight (no
+    mean subtraction and no shift, unlike LayerNorm)."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -69,6 +77,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class LlamaAttention(nn.Module):
+    """Causal self-attention with RoPE and grouped-query attention: queries and keys are
+    rotated by their positions' angles, and each of the `n_kv_heads` key/value heads serves
+    `n_heads / n_kv_heads` query heads."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         emb, kv_dim = config.emb_dim, config.n_kv_heads * config.head_dim
@@ -79,19 +91,28 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(emb, kv_dim, bias=config.qkv_bias)
         self.out_proj = nn.Linear(emb, emb, bias=False)
         self.drop_rate = config.drop_rate
+        # This layer's cache: set by the model only for the duration of a cached call.
+        self.kv_cache: LayerKVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                positions: Positions, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, length, emb = x.shape
         q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.out_proj(attend(q, k, v, positions=positions, kv_cache=kv_cache, layer=layer,
-                                    dropout_p=self.drop_rate if self.training else 0.0))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is None:
+            # SDPA groups the query heads itself, without copying keys and values per head.
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.drop_rate if self.training else 0.0,
+                enable_gqa=self.n_kv_heads != self.n_heads)
+        else:  # generation: attend over the cached earlier tokens too
+            out = self.kv_cache.attend(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, emb))
 
 
 class SwiGLU(nn.Module):
+    """The gated feed-forward network: SiLU(gate(x)) * up(x), projected back down."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(config.emb_dim, config.hidden_dim, bias=False)
@@ -103,6 +124,9 @@ class SwiGLU(nn.Module):
 
 
 class LlamaBlock(nn.Module):
+    """RMSNorm → attention and RMSNorm → SwiGLU, each with a shortcut; the RoPE tables
+    `cos`/`sin` of the call's positions are shared by every block."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.emb_dim, config.norm_eps)
@@ -111,9 +135,8 @@ class LlamaBlock(nn.Module):
         self.mlp = SwiGLU(config)
         self.drop = nn.Dropout(config.drop_rate)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                positions: Positions, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, positions, kv_cache, layer))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -134,11 +157,10 @@ class LlamaModel(DecoderModel):
                        input_pos: int | torch.Tensor | None = None,
                        pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """See `DecoderModel.forward_hidden`."""
-        positions = Positions.resolve(input_pos, idx.shape[1], idx.device,
-                                      self.config.context_length, pad_lengths)
-        x = self.drop(self.tok_emb(idx))
-        rope = rope_cos_sin(positions.token_positions, self.config.head_dim,
-                            self.config.rope_theta, x.dtype)
-        for layer, block in enumerate(self.blocks):
-            x = self.run_block(block, x, rope, positions, kv_cache, layer)
-        return self.final_norm(x)
+        with self.positions_and_cache(idx, kv_cache, input_pos, pad_lengths) as positions:
+            x = self.drop(self.tok_emb(idx))
+            cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta,
+                                    x.dtype)
+            for block in self.blocks:
+                x = self.run_block(block, x, cos, sin)
+            return self.final_norm(x)

@@ -1,0 +1,96 @@
+"""Each family's attention: the plain path is the book's maths, the cache is attached only for
+the duration of a cached call, and the model leaves training decisions to the trainer."""
+
+import math
+
+import pytest
+import torch
+
+from sftkit.errors import SftkitError
+from sftkit.models import ModelConfig, build_model
+from sftkit.models.llama import apply_rope, rope_cos_sin
+
+GPT2 = dict(n_layers=2, emb_dim=32, n_heads=4, vocab_size=97, context_length=64)
+LLAMA = dict(n_layers=2, emb_dim=32, n_heads=4, n_kv_heads=2, hidden_dim=64, vocab_size=97,
+             context_length=64)
+
+
+def tiny(name: str, **overrides):
+    torch.manual_seed(0)
+    return build_model(ModelConfig.from_name(name, **overrides)).eval()
+
+
+def book_attention(q, k, v):
+    """Chapter 3's causal attention, spelled out: scores, mask, softmax, weighted values."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    length = q.shape[-2]
+    future = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+
+
+def heads(x, n_heads):
+    batch, length, width = x.shape
+    return x.view(batch, length, n_heads, width // n_heads).transpose(1, 2)
+
+
+def merge(x):
+    batch, n_heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, n_heads * head_dim)
+
+
+@torch.no_grad()
+def test_gpt2_attention_is_the_books_causal_attention():
+    attention = tiny("gpt2", **GPT2).blocks[0].attn
+    x = torch.randn(2, 7, 32)
+    q, k, v = (heads(proj(x), 4) for proj in (attention.q_proj, attention.k_proj,
+                                              attention.v_proj))
+    expected = attention.out_proj(merge(book_attention(q, k, v)))
+    torch.testing.assert_close(attention(x), expected, atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_llama_attention_is_rope_then_grouped_causal_attention():
+    attention = tiny("smollm2-135m", **LLAMA).blocks[0].attn
+    x = torch.randn(2, 7, 32)
+    cos, sin = rope_cos_sin(torch.arange(7), 8, 100000.0, x.dtype)
+    q = apply_rope(heads(attention.q_proj(x), 4), cos, sin)
+    k = apply_rope(heads(attention.k_proj(x), 2), cos, sin)
+    v = heads(attention.v_proj(x), 2)
+    # Two query heads share each key/value head.
+    k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    expected = attention.out_proj(merge(book_attention(q, k, v)))
+    torch.testing.assert_close(attention(x, cos, sin), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "overrides"), [("gpt2", GPT2), ("smollm2-135m", LLAMA)])
+@torch.no_grad()
+def test_the_cache_is_held_only_during_a_cached_call(name, overrides):
+    model = tiny(name, **overrides)
+    cache = model.make_kv_cache(batch_size=1, max_len=8)
+    model(torch.tensor([[1, 2, 3]]), kv_cache=cache, input_pos=0)
+    assert all(block.attn.kv_cache is None for block in model.blocks)
+    with pytest.raises(SftkitError, match="KV cache too small"):
+        model(torch.tensor([[1, 2, 3]]), kv_cache=cache, input_pos=6)
+    with pytest.raises(IndexError):  # a token id beyond the vocabulary, inside the call
+        model(torch.tensor([[1000]]), kv_cache=cache, input_pos=3)
+    assert all(block.attn.kv_cache is None for block in model.blocks)
+
+
+def test_positions_and_padding_need_a_cache():
+    model = tiny("gpt2", **GPT2)
+    tokens = torch.tensor([[1, 2, 3]])
+    assert torch.equal(model(tokens, input_pos=0), model(tokens))
+    with pytest.raises(ValueError, match="pass kv_cache="):
+        model(tokens, input_pos=2)
+    with pytest.raises(ValueError, match="pass kv_cache="):
+        model(tokens, pad_lengths=torch.tensor([1]))
+
+
+@pytest.mark.parametrize(("name", "overrides"), [("gpt2", GPT2), ("smollm2-135m", LLAMA)])
+def test_tie_weights_only_ties(name, overrides):
+    """Sparse lookup gradients are the trainer's decision, not the model's."""
+    model = tiny(name, **overrides)
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert not model.tok_emb.sparse
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    assert not model.tok_emb.weight.grad.is_sparse
