@@ -64,9 +64,10 @@ from sftkit.tokenizers import Tokenizer, embedded, gpt2_tokenizer, read_gguf_tok
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PATH_SUFFIXES = (".gguf", ".pth", ".pt", ".safetensors")
 BOOK_SUFFIXES = (".pth", ".pt")
-# A run directory (`runs/<name>/`) keeps its trained model here, and is known by these files.
+# A run directory (`runs/<name>/`, `sftkit.pipeline.RunDir`) keeps its trained model in
+# RUN_MODEL, and is known by its resolved configuration, RUN_CONFIG, written once it started.
 RUN_MODEL = "model"
-RUN_MARKERS = ("config.toml", "metrics.jsonl", "checkpoints", "data/summary.json")
+RUN_CONFIG = "config.toml"
 
 
 @dataclass
@@ -208,7 +209,7 @@ def _run_model(path: Path) -> Path:
         return path
     if (path / RUN_MODEL / "config.json").is_file():
         return path / RUN_MODEL
-    if any((path / marker).exists() for marker in RUN_MARKERS):
+    if (path / RUN_CONFIG).is_file():
         raise SftkitError(f"{path} is a run directory without a trained model yet (no "
                           f"{path / RUN_MODEL}/): train it first (sftkit train or sftkit run)")
     return path

@@ -35,13 +35,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftkit.checkpoints import RUN_CONFIG, RUN_MODEL
 from sftkit.config import RunConfig
 from sftkit.errors import SftkitError
 from sftkit.io import write_json_atomic, write_text_atomic
+from sftkit.training.loop import TrainingFiles
 
 SPLITS = ("train", "val", "test")
 
@@ -51,15 +53,18 @@ class RunDir:
     """One run's directory; its properties are the paths of the layout above."""
 
     root: Path
+    training: TrainingFiles = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+        # The trainer's and the model loader's names, so each name is written once.
+        object.__setattr__(self, "training", TrainingFiles.in_directory(self.root))
 
     # --- names ---------------------------------------------------------------------------
 
     @property
     def config_file(self) -> Path:
-        return self.root / "config.toml"
+        return self.root / RUN_CONFIG
 
     @property
     def data_dir(self) -> Path:
@@ -82,19 +87,19 @@ class RunDir:
 
     @property
     def metrics_file(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.training.metrics_file
 
     @property
     def loss_plot(self) -> Path:
-        return self.root / "loss.png"
+        return self.training.loss_plot
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.root / "checkpoints"
+        return self.training.checkpoints_dir
 
     @property
     def model_dir(self) -> Path:
-        return self.root / "model"
+        return self.root / RUN_MODEL
 
     @property
     def model_hf_dir(self) -> Path:

@@ -81,8 +81,34 @@ class TrainResult:
         return self.progress.supervised_tokens / seconds if seconds else 0.0
 
 
+@dataclass(frozen=True)
+class TrainingFiles:
+    """What a `Trainer` writes into its directory (a run directory: `sftkit.pipeline.RunDir`
+    takes these names from here).
+
+    Example:
+        >>> files = TrainingFiles.in_directory(Path("runs/demo"))
+        >>> files.metrics_file.as_posix(), files.loss_plot.name, files.checkpoints_dir.name
+        ('runs/demo/metrics.jsonl', 'loss.png', 'checkpoints')
+    """
+
+    checkpoints_dir: Path
+    """Resumable checkpoints, `step-NNNNNN/` directories and a `latest` pointer."""
+    metrics_file: Path
+    """One JSON row per evaluation: step, epoch, tokens, losses, learning rate, speed."""
+    loss_plot: Path
+    """The training and validation loss curves."""
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> TrainingFiles:
+        directory = Path(directory)
+        return cls(checkpoints_dir=directory / "checkpoints",
+                   metrics_file=directory / "metrics.jsonl", loss_plot=directory / "loss.png")
+
+
 class Trainer:
-    """Fits `model` on `train_data`, evaluating on `val_data`, writing into `run_dir`."""
+    """Fits `model` on `train_data`, evaluating on `val_data`, writing into `run_dir`
+    (the files of `TrainingFiles`)."""
 
     def __init__(
         self,
@@ -99,6 +125,7 @@ class Trainer:
     ):
         self.config = config
         self.run_dir = Path(run_dir)
+        self.files = TrainingFiles.in_directory(self.run_dir)
         self.device = pick_device(config.device)
         self.precision = pick_precision(self.device, config.precision)
         self.model = model.to(self.device)
@@ -138,11 +165,11 @@ class Trainer:
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.files.checkpoints_dir
 
     @property
     def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+        return self.files.metrics_file
 
     def fit(self, resume: bool = True) -> TrainResult:
         """Train to the end (or to `max_steps`), resuming from the newest good checkpoint."""
@@ -166,7 +193,7 @@ class Trainer:
             return self._interrupted(progress)
         bar.close()
         path = self._save(progress)
-        plot_losses(self.read_metrics(), self.run_dir / "loss.png")
+        plot_losses(self.read_metrics(), self.files.loss_plot)
         row = self.last_record
         return TrainResult("completed", progress, row["train_loss"] if row else None,
                            row["val_loss"] if row else None, path)
