@@ -182,6 +182,23 @@ def test_offline_hub_without_cache_says_how_to_pass_a_directory(monkeypatch):
     assert "pass a local directory" in message and "--model /path/to/gpt2-medium" in message
 
 
+def test_a_run_path_read_from_another_directory_says_no_such_file_first(monkeypatch,
+                                                                        tmp_path):
+    """`serve --model runs/missing` where no `runs/` exists is also a well-formed Hub id: the
+    message names the missing path before the Hub."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("offline and not cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SftkitError, match=r"^no such file or directory: runs/missing; as a "
+                                          r"Hugging Face Hub id"):
+        load_pretrained("runs/missing")
+
+
 def test_hub_prefers_safetensors_then_falls_back_to_pytorch_bin(monkeypatch, tmp_path):
     import huggingface_hub
 

@@ -67,7 +67,15 @@ def _snapshot(repo_id: str, patterns: list[str], cache_dir: str | Path | None) -
 
 
 def offline_message(repo_id: str) -> str:
-    return (f"cannot reach the Hugging Face Hub and {repo_id} is not in the local cache. "
+    """Why a Hub id cannot be loaded offline, and what to do; it also says that no local path
+    of that name exists, since `runs/x` read from the wrong directory looks like a Hub id.
+
+    Example:
+        >>> print(offline_message("runs/missing"))  # doctest: +ELLIPSIS
+        no such file or directory: runs/missing; as a Hugging Face Hub id, it cannot be ...
+    """
+    return (f"no such file or directory: {repo_id}; as a Hugging Face Hub id, it cannot be "
+            f"downloaded: the Hub cannot be reached and {repo_id} is not in the local cache. "
             f"Download it on a connected machine (`hf download {repo_id}`) and copy the cache, "
             "or pass a local directory holding config.json and model.safetensors, e.g. "
             f"`--model /path/to/{repo_id.rsplit('/', 1)[-1]}`")
