@@ -190,6 +190,7 @@ class RecordReport:
     duplicates: list[int] = field(default_factory=list)  # repeats of an earlier record
     conflicting: list[int] = field(default_factory=list)  # same prompt, other output
     over_max_length: list[int] = field(default_factory=list)  # filled in once tokenized
+    unlearnable: list[int] = field(default_factory=list)  # nothing learned within max_length
 
     def warnings(self) -> list[str]:
         lines = []
@@ -200,6 +201,8 @@ class RecordReport:
             ("same instruction and input as an earlier record, different output",
              self.conflicting),
             ("more tokens than max_length (truncated in training)", self.over_max_length),
+            ("nothing to learn once truncated to max_length (left out of training)",
+             self.unlearnable),
         ):
             if indices:
                 lines.append(f"{len(indices)} record(s) with {label} "
