@@ -106,7 +106,7 @@ def test_multi_turn_messages_through_make_loader_with_gpt2():
                               get_style("chatml"))
     batch = next(iter(make_loader(data, batch_size=2, shuffle=False)))
     learned = []
-    for row_inputs, row_targets in zip(batch.inputs.tolist(), batch.targets.tolist()):
+    for row_targets in batch.targets.tolist():
         runs, run = [], []
         for target in row_targets:
             if target == X and run:

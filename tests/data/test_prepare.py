@@ -171,10 +171,10 @@ def _chat(number):
 def test_prepare_messages_file_with_show(tmp_path, capsys):
     source = tmp_path / "chat.jsonl"
     rows = [_chat(i) for i in range(20)]
-    rows[0]["messages"][1]["content"] = "Start " * 40 + "at 0."  # its answers are cut away
+    rows[0]["messages"][1]["content"] = "Start " * 200 + "at 0."  # its answers are cut away
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "out"
-    assert main(["prepare", "--data", str(source), "--style", "chatml", "--max-length", "60",
+    assert main(["prepare", "--data", str(source), "--style", "chatml", "--max-length", "150",
                  "--show", "2", "--out", str(out)]) == 0
     assert json.loads((out / "train.json").read_text())[1] == rows[1]  # its own shape
     summary = json.loads((out / "summary.json").read_text())
@@ -184,5 +184,5 @@ def test_prepare_messages_file_with_show(tmp_path, capsys):
     assert ("<|im_start|>system\nCount.<|im_end|>\n<|im_start|>user\nStart at 1.<|im_end|>\n"
             "<|im_start|>assistant\n[[1.<|im_end|>\n]]<|im_start|>user\nNext?<|im_end|>\n"
             "<|im_start|>assistant\n[[2.<|im_end|>\n<|endoftext|>]]") in printed
-    assert "(cut: training sees the first 60 tokens of" in printed
+    assert "(cut: training sees the first 150 tokens of" in printed
     assert "nothing learned" in printed and "1 record(s) with nothing to learn" in printed

@@ -19,8 +19,8 @@ from sftkit.data.records import (
     parse_field_mapping,
     split_indices,
 )
-from sftkit.data.sources import load_source
 from sftkit.data.show import marked_example
+from sftkit.data.sources import load_source
 from sftkit.data.summary import (
     format_summary,
     over_length_indices,

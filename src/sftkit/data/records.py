@@ -26,8 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkit.data.formats import ALPACA, KNOWN_SHAPES, chat_problems, detect_format, formats_of, \
-    record_format, record_messages
+from sftkit.data.formats import (
+    ALPACA,
+    KNOWN_SHAPES,
+    chat_problems,
+    detect_format,
+    formats_of,
+    record_format,
+    record_messages,
+)
 from sftkit.errors import SftkitError
 
 REQUIRED_FIELDS = ("instruction", "output")

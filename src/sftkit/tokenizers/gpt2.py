@@ -148,15 +148,6 @@ class TiktokenTokenizer:
             starts.append(start_of_byte[position])
             position += len(token_bytes)
         return ids, list(zip(starts, [*starts[1:], len(text)]))
-        starts, position = [], 0
-        for token_bytes in self._encoding.decode_tokens_bytes(ids):
-            starts.append(position)
-            position += len(token_bytes)
-        # A token starting inside a character starts after it (its first byte's token has it).
-        first_chars = [char_of_byte[byte] + (byte > 0 and char_of_byte[byte - 1]
-                                             == char_of_byte[byte]) for byte in starts]
-        return ids, tiling_offsets([(start, start) for start in first_chars[1:]]
-                                   + [(len(text), len(text))] if ids else [], len(text))
 
     def __repr__(self) -> str:
         return f"TiktokenTokenizer(name={self.name!r}, vocab_size={self.vocab_size})"
