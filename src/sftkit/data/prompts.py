@@ -164,17 +164,17 @@ class ChatML(PromptStyle):
 def _check_roles(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> None:
     """A system message only first, then user and assistant in turn; a generation prompt
     follows a user message."""
+    expected = "user"
     for index, message in enumerate(messages):
-        if not isinstance(message.get("content"), str):
-            raise SftkitError(f"message {index}: content must be a string")
-    roles = [message.get("role") for message in messages]
-    body = roles[1:] if roles[:1] == ["system"] else roles
-    expected = ["user", "assistant"] * (len(body) // 2 + 1)
-    if not body or body != expected[:len(body)]:
-        raise SftkitError(f"expected an optional system message, then user and assistant "
-                          f"messages in turn; got roles {roles}")
-    if add_generation_prompt and body[-1] != "user":
-        raise SftkitError("a conversation must end with a user message to be answered")
+        role, content = message.get("role"), message.get("content")
+        if index == 0 and role == "system" and isinstance(content, str):
+            continue
+        if role != expected or not isinstance(content, str):
+            raise SftkitError(f"message {index}: expected a {expected} message with string "
+                              f"content, got role {role!r}")
+        expected = "assistant" if role == "user" else "user"
+    if add_generation_prompt and expected != "assistant":
+        raise SftkitError("a conversation must end with a user message")
 
 
 STYLES: dict[str, type[PromptStyle]] = {style.name: style for style in (Alpaca, Phi3, ChatML)}

@@ -40,7 +40,8 @@ Span = tuple[int, int]
 class RendersConversations(Protocol):
     """The render contract a style (built-in or a model's chat template) follows."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def render(self, messages: Sequence[Mapping[str, str]], *,
                add_generation_prompt: bool = False) -> str: ...
