@@ -121,7 +121,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows = [
         ("records", f"{summary['records']}  (train {splits['train']}, val {splits['val']}, "
                     f"test {splits['test']})"),
-        ("format", f"{summary['style']} prompt, {summary['tokenizer']} tokenizer"),
+        ("format", f"{summary.get('format', 'alpaca')} records, {summary['style']} prompt, "
+                   f"{summary['tokenizer']} tokenizer"),
         ("tokens/example", f"min {lengths['min']}  mean {lengths['mean']}  {percentiles}  "
                            f"max {lengths['max']}"),
         (f"over {summary['max_length']} tokens", f"{summary['over_max_length']} "
