@@ -38,6 +38,7 @@ else:  # pragma: no cover - Python 3.10
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
+LOSS_ON = ("assistant", "all", "last_assistant")
 
 #: Recipe defaults a model preset brings, applied before the config file and the overrides.
 #: GPT-2 keeps the reference recipe (the dataclass defaults). The embedded SmolLM2 trains for
@@ -106,7 +107,12 @@ class TrainConfig:
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 = off)."""
     mask_prompt: bool = False
-    """Ignore the prompt's tokens in the loss (the book's exercise 7.2)."""
+    """Ignore the prompt's tokens in the loss, for Alpaca records (the book's exercise 7.2)."""
+    loss_on: str = "assistant"
+    """What conversation records (OpenAI messages, ShareGPT, prompt/completion) learn:
+    `assistant` (every assistant turn with its end-of-turn text), `last_assistant` (the final
+    one), or `all` (every token). Alpaca records follow `mask_prompt` (the book's default:
+    every token)."""
     group_by_length: bool = True
     """Batch examples of similar length (less padding); the order stays random."""
     eval_every: int = 5
@@ -146,6 +152,7 @@ class TrainConfig:
                  "train.weight_decay and train.grad_clip must be >= 0")
         _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
         _require(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}")
+        _require(self.loss_on in LOSS_ON, f"train.loss_on must be one of {LOSS_ON}")
         _require(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
         _require(0 <= self.drop_rate < 1, "train.drop_rate must be in [0, 1)")
 

@@ -158,3 +158,31 @@ def test_truncated_records_are_named_by_their_source_index(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert ("note: 2 record(s) with more tokens than max_length (truncated in training) "
             "(indices 4, 22)") in printed
+
+
+def _chat(number):
+    return {"messages": [{"role": "system", "content": "Count."},
+                         {"role": "user", "content": f"Start at {number}."},
+                         {"role": "assistant", "content": f"{number}."},
+                         {"role": "user", "content": "Next?"},
+                         {"role": "assistant", "content": f"{number + 1}."}]}
+
+
+def test_prepare_messages_file_with_show(tmp_path, capsys):
+    source = tmp_path / "chat.jsonl"
+    rows = [_chat(i) for i in range(20)]
+    rows[0]["messages"][1]["content"] = "Start " * 200 + "at 0."  # its answers are cut away
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    assert main(["prepare", "--data", str(source), "--style", "chatml", "--max-length", "150",
+                 "--show", "2", "--out", str(out)]) == 0
+    assert json.loads((out / "train.json").read_text())[1] == rows[1]  # its own shape
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["format"], summary["loss_on"], summary["unlearnable"]) == (
+        "messages", "assistant", 1)
+    printed = capsys.readouterr().out
+    assert ("<|im_start|>system\nCount.<|im_end|>\n<|im_start|>user\nStart at 1.<|im_end|>\n"
+            "<|im_start|>assistant\n[[1.<|im_end|>\n]]<|im_start|>user\nNext?<|im_end|>\n"
+            "<|im_start|>assistant\n[[2.<|im_end|>\n<|endoftext|>]]") in printed
+    assert "(cut: training sees the first 150 tokens of" in printed
+    assert "nothing learned" in printed and "1 record(s) with nothing to learn" in printed

@@ -32,7 +32,7 @@ def test_phi3_and_chatml_text():
         "<|user|>\nConvert 45 kilometers to meters.\n<|assistant|>:\n")
     assert get_style("chatml").format_example(WITH_INPUT) == (
         "<|im_start|>user\nIdentify the correct spelling of the following word.\n\nOcassion"
-        "<|im_end|>\n<|im_start|>assistant\nThe correct spelling is 'Occasion.'")
+        "<|im_end|>\n<|im_start|>assistant\nThe correct spelling is 'Occasion.'<|im_end|>\n")
 
 
 @pytest.mark.parametrize("name", ["alpaca", "phi3", "chatml"])
@@ -76,11 +76,14 @@ def test_multi_turn_conversations():
         "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
         "<|im_start|>assistant\n")
     assert get_style("phi3").format_conversation(messages) == (
+        "<|system|>\nBe brief.\n"
         "<|user|>\nHi\n<|assistant|>:\nHello.\n<|user|>\nBye\n<|assistant|>:\n")
     alpaca = get_style("alpaca").format_conversation(messages)
-    assert alpaca.endswith("### Instruction:\nHi\n\n### Response:\nHello.\n\n### Instruction:\n"
-                           "Bye\n\n### Response:\n")
-    assert alpaca.count("Below is an instruction") == 1
+    # A system message takes the place of the Alpaca preamble (the style's default system).
+    assert alpaca == ("Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello.\n\n"
+                      "### Instruction:\nBye\n\n### Response:\n")
+    assert get_style("alpaca").format_conversation(messages[1:]).count(
+        "Below is an instruction") == 1
 
 
 @pytest.mark.parametrize("messages", [[], [{"role": "assistant", "content": "x"}],

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from sftkit.config import LOSS_ON
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allowed_max_length used in training, for the truncation count")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="training batch size, for the padding estimate")
+    parser.add_argument("--loss-on", default="assistant", choices=LOSS_ON,
+                        help="what conversation records learn, as train.loss_on (default "
+                             "assistant: every assistant turn)")
+    parser.add_argument("--mask-prompt", action="store_true",
+                        help="Alpaca records learn only the response, as train.mask_prompt")
+    parser.add_argument("--show", type=int, default=0, metavar="N",
+                        help="print N training examples with their learned tokens marked "
+                             "(green in a terminal, [[brackets]] otherwise)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.out, style=args.style, tokenizer=tokenizer, fields=args.fields,
         sha256=args.sha256, train_fraction=args.train_fraction,
         test_fraction=args.test_fraction, seed=args.seed, max_length=args.max_length,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, loss_on=args.loss_on, mask_prompt=args.mask_prompt,
+        show=args.show, color=sys.stdout.isatty(),
     )
     return 0

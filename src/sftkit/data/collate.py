@@ -31,10 +31,33 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class EncodedExample:
-    """One tokenized example: prompt + response ids (no end-of-text), and the prompt's length."""
+    """One tokenized example: prompt + response ids (no end-of-text), and the prompt's length.
+
+    `learned` (conversations) says for each of `ids` + the appended end-of-text whether it is
+    learned; without it (Alpaca records) every token is, or, with `mask_prompt`, those after
+    the prompt.
+
+    >>> EncodedExample([5, 6, 7], 1).target_mask(mask_prompt=True)
+    [True, True, True]
+    >>> EncodedExample([5, 6, 7], 2, learned=(False, False, True, False)).target_mask(False)
+    [False, True, False]
+    """
 
     ids: list[int]
     prompt_length: int
+    learned: tuple[bool, ...] | None = None
+
+    def target_mask(self, mask_prompt: bool) -> list[bool]:
+        """Whether each target is learned; target i is token i + 1 of ids + [end-of-text]."""
+        if self.learned is not None:
+            return list(self.learned[1:])
+        # Targets 0 .. P-2 predict the prompt's own tokens 1 .. P-1.
+        masked = max(self.prompt_length - 1, 0) if mask_prompt else 0
+        return [index >= masked for index in range(len(self.ids))]
+
+    def learned_targets(self, mask_prompt: bool, max_length: int | None = None) -> int:
+        """How many targets are learned within the first `max_length` (the rest is cut)."""
+        return sum(self.target_mask(mask_prompt)[:max_length])
 
 
 class Batch(NamedTuple):
@@ -67,10 +90,10 @@ class Collator:
         targets = padded[:, 1:].clone()
         for row, example in enumerate(examples):
             # targets[length - 1] is the end-of-text; everything after it is padding.
-            targets[row, len(example.ids):] = self.ignore_index
-            if self.mask_prompt:
-                # targets[i] is token i + 1: the prompt's own tokens 1..P-1 are not learned.
-                targets[row, : max(example.prompt_length - 1, 0)] = self.ignore_index
+            length = len(example.ids)
+            targets[row, length:] = self.ignore_index
+            learned = torch.tensor(example.target_mask(self.mask_prompt), dtype=torch.bool)
+            targets[row, :length][~learned] = self.ignore_index
         if self.allowed_max_length is not None:
             inputs = inputs[:, : self.allowed_max_length]
             targets = targets[:, : self.allowed_max_length]

@@ -17,38 +17,67 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from sftkit.data.collate import Collator, EncodedExample
-from sftkit.data.prompts import PromptStyle
+from sftkit.data.formats import ALPACA, DEFAULT_INPUT_SEPARATOR, record_format, record_messages
+from sftkit.data.spans import RendersConversations, learned_char_spans, learned_token_flags
 from sftkit.tokenizers import Tokenizer
 
 
-def encode_example(
-    record: Mapping[str, Any], tokenizer: Tokenizer, style: PromptStyle
-) -> EncodedExample:
-    """Tokenize prompt + response as one text (as the reference does) and find where the
-    prompt ends: the length of the common prefix of the full text's and the prompt's ids."""
-    ids = tokenizer.encode(style.format_example(record))
-    prompt_ids = tokenizer.encode(style.format_prompt(record))
-    prompt_length = 0
-    for full_id, prompt_id in zip(ids, prompt_ids):
-        if full_id != prompt_id:
-            break
-        prompt_length += 1
-    return EncodedExample(ids=ids, prompt_length=prompt_length)
+def style_messages(record: Mapping[str, Any], style: RendersConversations) -> list[dict[str, str]]:
+    """A record as a conversation; an Alpaca input joined the style's way (styles without
+    their own way, such as a model's chat template, put a blank line between)."""
+    return record_messages(record, getattr(style, "input_separator", DEFAULT_INPUT_SEPARATOR))
+
+
+def record_text(record: Mapping[str, Any], style: RendersConversations) -> str:
+    """A record's whole training text (before the appended end-of-text)."""
+    return style.render(style_messages(record, style))
+
+
+def encode_example(record: Mapping[str, Any], tokenizer: Tokenizer,
+                   style: RendersConversations, loss_on: str = "assistant") -> EncodedExample:
+    """Tokenize a record's whole text at once (as the reference does).
+
+    An Alpaca record keeps the book's recipe: the prompt ends where the ids of the full text
+    and of the prompt alone first differ, and `mask_prompt` decides in the collator. A
+    conversation's learned tokens are found from token offsets (`sftkit.data.spans`); the
+    appended end-of-text is learned when the conversation's last token is.
+    """
+    messages = style_messages(record, style)
+    if record_format(record) == ALPACA:
+        ids = tokenizer.encode(style.render(messages))
+        prompt_ids = tokenizer.encode(style.render(messages[:-1], add_generation_prompt=True))
+        prompt_length = 0
+        for full_id, prompt_id in zip(ids, prompt_ids):
+            if full_id != prompt_id:
+                break
+            prompt_length += 1
+        return EncodedExample(ids=ids, prompt_length=prompt_length)
+    text, spans = learned_char_spans(messages, style, loss_on)
+    ids, offsets = tokenizer.encode_with_offsets(text)
+    flags = learned_token_flags(offsets, spans)
+    learned = (*flags, bool(flags) and flags[-1])
+    return EncodedExample(ids=ids, prompt_length=learned.index(True) if any(learned)
+                          else len(ids), learned=learned)
 
 
 class InstructionDataset(Dataset):
-    """Records formatted with a prompt style and tokenized once, up front."""
+    """Records (any format) rendered with a prompt style and tokenized once, up front.
 
-    def __init__(
-        self, records: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, style: PromptStyle
-    ):
+    `loss_on` (`assistant`, `last_assistant`, `all`) says what conversation records learn;
+    Alpaca records follow the loader's `mask_prompt`.
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], tokenizer: Tokenizer,
+                 style: RendersConversations, *, loss_on: str = "assistant"):
         self.records = list(records)
         self.tokenizer = tokenizer
         self.style = style
-        self.examples = [encode_example(record, tokenizer, style) for record in self.records]
+        self.loss_on = loss_on
+        self.examples = [encode_example(record, tokenizer, style, loss_on)
+                         for record in self.records]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -60,6 +89,12 @@ class InstructionDataset(Dataset):
     def lengths(self) -> list[int]:
         """Tokens per example including the appended end-of-text."""
         return [len(example.ids) + 1 for example in self.examples]
+
+    def unlearnable(self, mask_prompt: bool, max_length: int | None) -> list[int]:
+        """Indices of the examples with no learned target left once cut to `max_length`
+        (the learned part truncated away, or empty): loaders leave them out."""
+        return [index for index, example in enumerate(self.examples)
+                if not example.learned_targets(mask_prompt, max_length)]
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -141,10 +176,17 @@ def make_loader(
     mask_prompt: bool = False,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader of `Batch`es over `dataset` with an `EpochBatchSampler`."""
+    """A DataLoader of `Batch`es over `dataset` with an `EpochBatchSampler`.
+
+    Examples with nothing to learn within `allowed_max_length` (see
+    `InstructionDataset.unlearnable`) are left out: an all-masked row adds no loss, only cost
+    (`sftkit prepare` reports them)."""
+    dropped = set(dataset.unlearnable(mask_prompt, allowed_max_length))
+    kept = [index for index in range(len(dataset)) if index not in dropped]
+    source: Dataset = Subset(dataset, kept) if dropped else dataset
     sampler = EpochBatchSampler(
-        dataset.lengths, batch_size, shuffle=shuffle, drop_last=drop_last,
-        group_by_length=group_by_length, seed=seed,
+        [dataset.lengths[index] for index in kept], batch_size, shuffle=shuffle,
+        drop_last=drop_last, group_by_length=group_by_length, seed=seed,
     )
     collate = Collator(
         pad_id=dataset.tokenizer.pad_id, eos_id=dataset.tokenizer.eos_id,
@@ -152,7 +194,7 @@ def make_loader(
     )
     # A generator of its own: otherwise every iter() draws a seed from the global RNG, and a
     # resumed run would see other dropout masks than an uninterrupted one.
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+    return DataLoader(source, batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.data.dataset import InstructionDataset
+from sftkit.data.formats import detect_format
 from sftkit.data.prompts import get_style
 from sftkit.data.records import (
     Splits,
@@ -18,8 +19,14 @@ from sftkit.data.records import (
     parse_field_mapping,
     split_indices,
 )
+from sftkit.data.show import marked_example
 from sftkit.data.sources import load_source
-from sftkit.data.summary import format_summary, over_length_indices, summarize
+from sftkit.data.summary import (
+    format_summary,
+    over_length_indices,
+    summarize,
+    unlearnable_indices,
+)
 from sftkit.errors import SftkitError
 from sftkit.io import atomic_directory, write_json_atomic
 from sftkit.tokenizers import Tokenizer, load_tokenizer
@@ -41,10 +48,16 @@ def prepare_dataset(
     seed: int | None = None,
     max_length: int | None = 1024,
     batch_size: int = 8,
+    loss_on: str = "assistant",
+    mask_prompt: bool = False,
+    show: int = 0,
+    color: bool = False,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Load `data`, split it, write `train.json`, `val.json`, `test.json` and `summary.json`
-    into `out`, and return (and print) the summary.
+    into `out`, and return (and print) the summary. `show` prints that many training examples
+    with their learned tokens marked (`loss_on` for conversations, `mask_prompt` for Alpaca
+    records, as in training).
 
     Example:
         >>> import tempfile
@@ -63,13 +76,19 @@ def prepare_dataset(
     report = inspect_records(records)
     indices = split_indices(len(records), train_fraction, test_fraction, seed)
     splits = Splits.select(records, indices)
-    datasets = {name: InstructionDataset(part, tok, prompt_style)
+    datasets = {name: InstructionDataset(part, tok, prompt_style, loss_on=loss_on)
                 for name, part in splits.items()}
     report.over_max_length = over_length_indices(datasets, indices, max_length)
+    report.unlearnable = unlearnable_indices(datasets, indices, mask_prompt, max_length)
     summary = summarize(splits, datasets, report, batch_size=batch_size, max_length=max_length)
-    summary["source"] = data
+    summary.update(source=data, format=detect_format(records, data), loss_on=loss_on,
+                   mask_prompt=mask_prompt)
     write_prepared(out, splits, summary)
     if verbose:
+        for index in range(min(show, len(datasets["train"]))):
+            print(f"--- train example {index} ---")
+            print(marked_example(datasets["train"], index, mask_prompt=mask_prompt,
+                                 max_length=max_length, color=color))
         print(f"prepared {data} → {out}/{{train,val,test}}.json")
         print(format_summary(summary))
     return summary

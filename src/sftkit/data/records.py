@@ -1,7 +1,10 @@
 """Load and validate instruction records from JSON or JSONL files.
 
-A record is a plain dict with string fields `instruction`, `input` (missing → "") and
-`output`; any other fields (for example the embedded data's `task`) are kept as they are.
+A file holds records of one format (see `sftkit.data.formats`). An Alpaca record is a plain
+dict with string fields `instruction`, `input` (missing → "") and `output`; any other fields
+(for example the embedded data's `task`) are kept as they are. Records of the conversation
+formats (OpenAI `messages`, ShareGPT `conversations`, `prompt`/`completion`) are checked and
+kept in their own shape.
 
 Example:
     >>> import json, tempfile
@@ -23,6 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftkit.data.formats import (
+    ALPACA,
+    KNOWN_SHAPES,
+    chat_problems,
+    detect_format,
+    formats_of,
+    record_format,
+    record_messages,
+)
 from sftkit.errors import SftkitError
 
 REQUIRED_FIELDS = ("instruction", "output")
@@ -112,12 +124,19 @@ def validate_records(
     the source, the record's index and the field.
     """
     fields = dict(fields or {})
+    fmt = detect_format(raw, source, fields)
     problems: list[str] = []
     records: list[dict[str, Any]] = []
     for index, item in enumerate(raw):
         where = f"{source}: record {index}"
         if not isinstance(item, dict):
             problems.append(f"{where}: expected an object, got {type(item).__name__}")
+            continue
+        if fmt != ALPACA:
+            found = formats_of(item)
+            problems += ([f"{where}: fields of several formats ({', '.join(found)})"]
+                         if len(found) > 1 else chat_problems(item, fmt, where))
+            records.append(dict(item))
             continue
         record: dict[str, Any] = {
             key: value for key, value in item.items() if key not in fields.values()
@@ -144,7 +163,8 @@ def validate_records(
         shown = "\n  ".join(problems[:MAX_ERRORS_SHOWN])
         more = len(problems) - MAX_ERRORS_SHOWN
         tail = f"\n  ... and {more} more" if more > 0 else ""
-        hint = "" if fields else " (use --fields to map other field names)"
+        hint = "" if fields or fmt != ALPACA else (
+            f" (formats known: {KNOWN_SHAPES}; use --fields to map other field names)")
         raise SftkitError(f"{len(problems)} invalid record(s){hint}:\n  {shown}{tail}")
     if not records:
         raise SftkitError(f"{source}: no records")
@@ -177,6 +197,7 @@ class RecordReport:
     duplicates: list[int] = field(default_factory=list)  # repeats of an earlier record
     conflicting: list[int] = field(default_factory=list)  # same prompt, other output
     over_max_length: list[int] = field(default_factory=list)  # filled in once tokenized
+    unlearnable: list[int] = field(default_factory=list)  # nothing learned within max_length
 
     def warnings(self) -> list[str]:
         lines = []
@@ -187,6 +208,8 @@ class RecordReport:
             ("same instruction and input as an earlier record, different output",
              self.conflicting),
             ("more tokens than max_length (truncated in training)", self.over_max_length),
+            ("nothing to learn once truncated to max_length (left out of training)",
+             self.unlearnable),
         ):
             if indices:
                 lines.append(f"{len(indices)} record(s) with {label} "
@@ -207,21 +230,33 @@ def capped_list(items: Sequence[object], limit: int = MAX_ERRORS_SHOWN) -> str:
 def inspect_records(records: Sequence[Mapping[str, Any]]) -> RecordReport:
     """Count empty instructions and outputs, exact duplicates and conflicting duplicates."""
     report = RecordReport(total=len(records))
-    seen_outputs: dict[tuple[str, str], str] = {}
+    seen_outputs: dict[object, str] = {}
     for index, record in enumerate(records):
-        if not record["instruction"].strip():
+        prompts, answers, key = _inspected_parts(record)
+        if not all(text.strip() for text in prompts):
             report.empty_instructions.append(index)
-        if not record["output"].strip():
+        if not all(text.strip() for text in answers):
             report.empty_outputs.append(index)
-        key = (record["instruction"], record["input"])
         if key in seen_outputs:
-            if seen_outputs[key] == record["output"]:
+            if seen_outputs[key] == answers[-1]:
                 report.duplicates.append(index)
             else:
                 report.conflicting.append(index)
         else:
-            seen_outputs[key] = record["output"]
+            seen_outputs[key] = answers[-1]
     return report
+
+
+def _inspected_parts(record: Mapping[str, Any]) -> tuple[list[str], list[str], object]:
+    """The user texts, the assistant texts and what the last answer answers (for duplicates).
+    An Alpaca record's instruction and input are told apart, as in the book's data."""
+    if record_format(record) == ALPACA:
+        return [record["instruction"]], [record["output"]], (record["instruction"],
+                                                             record["input"])
+    messages = record_messages(record)
+    return ([m["content"] for m in messages if m["role"] == "user"],
+            [m["content"] for m in messages if m["role"] == "assistant"],
+            tuple((m["role"], m["content"]) for m in messages[:-1]))
 
 
 @dataclass(frozen=True)

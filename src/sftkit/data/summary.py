@@ -44,6 +44,15 @@ def over_length_indices(datasets: Mapping[str, InstructionDataset],
                   if length - 1 > max_length)
 
 
+def unlearnable_indices(datasets: Mapping[str, InstructionDataset],
+                        indices: Mapping[str, Sequence[int]], mask_prompt: bool,
+                        max_length: int | None) -> list[int]:
+    """Source indices of the examples whose learned part is cut away by `max_length` or
+    empty: training leaves them out (see `make_loader`)."""
+    return sorted(indices[name][i] for name, dataset in datasets.items()
+                  for i in dataset.unlearnable(mask_prompt, max_length))
+
+
 def summarize(
     splits: Splits,
     datasets: dict[str, InstructionDataset],
@@ -72,6 +81,7 @@ def summarize(
         "token_lengths": length_stats(all_lengths),
         "max_length": max_length,
         "over_max_length": len(report.over_max_length),
+        "unlearnable": len(report.unlearnable),
         "batch_size": batch_size,
         "padding_fraction": None if padding["random"] is None else padding,
         "empty_instructions": len(report.empty_instructions),
@@ -111,11 +121,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows = [
         ("records", f"{summary['records']}  (train {splits['train']}, val {splits['val']}, "
                     f"test {splits['test']})"),
-        ("format", f"{summary['style']} prompt, {summary['tokenizer']} tokenizer"),
+        ("format", f"{summary.get('format', 'alpaca')} records, {summary['style']} prompt, "
+                   f"{summary['tokenizer']} tokenizer"),
         ("tokens/example", f"min {lengths['min']}  mean {lengths['mean']}  {percentiles}  "
                            f"max {lengths['max']}"),
         (f"over {summary['max_length']} tokens", f"{summary['over_max_length']} "
                                                  "(truncated in training)"),
+        ("nothing learned", f"{summary['unlearnable']} (learned part cut by truncation or "
+                            "empty; left out of training)"),
         (f"padding @ batch {summary['batch_size']}", _format_padding(summary)),
         ("empty instructions", str(summary["empty_instructions"])),
         ("empty outputs", str(summary["empty_outputs"])),

@@ -58,7 +58,7 @@ def validation_loss(context: RunContext) -> float:
     device = pick_device(train.device)
     precision = pick_precision(device, train.precision)
     dataset = InstructionDataset(context.run.read_split("val"), loaded.tokenizer,
-                                 context.prompt_style)
+                                 context.prompt_style, loss_on=train.loss_on)
     loader = make_loader(dataset, train.batch_size, shuffle=False,
                          allowed_max_length=context.config.data.max_length,
                          mask_prompt=train.mask_prompt)

@@ -50,8 +50,10 @@ def _fit(context: RunContext) -> TrainResult:
 
     loaded, style = context.model(), context.prompt_style
     val_records = context.run.read_split("val")
-    train = InstructionDataset(context.run.read_split("train"), loaded.tokenizer, style)
-    val = InstructionDataset(val_records, loaded.tokenizer, style)
+    loss_on = context.config.train.loss_on
+    train = InstructionDataset(context.run.read_split("train"), loaded.tokenizer, style,
+                               loss_on=loss_on)
+    val = InstructionDataset(val_records, loaded.tokenizer, style, loss_on=loss_on)
     sample_config = GenerationConfig(max_new_tokens=SAMPLE_TOKENS)
 
     def sample(model: torch.nn.Module) -> str:

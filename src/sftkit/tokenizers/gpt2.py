@@ -131,6 +131,24 @@ class TiktokenTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._encoding.decode(list(ids))
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and tiling character offsets (see `Tokenizer.encode_with_offsets`); a character
+        split over several byte-level tokens belongs to the first of them.
+
+        >>> gpt2_tokenizer().encode_with_offsets("Hi 🤗")
+        ([17250, 12520, 97, 245], [(0, 2), (2, 4), (4, 4), (4, 4)])
+        """
+        ids = self.encode(text)
+        # Each token starts at the character its first byte begins; a token that starts
+        # inside a character starts after it (the token holding its first byte has it).
+        start_of_byte = [index + (byte > 0) for index, char in enumerate(text)
+                         for byte in range(len(char.encode("utf-8")))]
+        starts, position = [], 0
+        for token_bytes in self._encoding.decode_tokens_bytes(ids):
+            starts.append(start_of_byte[position])
+            position += len(token_bytes)
+        return ids, list(zip(starts, [*starts[1:], len(text)]))
+
     def __repr__(self) -> str:
         return f"TiktokenTokenizer(name={self.name!r}, vocab_size={self.vocab_size})"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.errors import SftkitError
+from sftkit.tokenizers.base import tiling_offsets
 
 # Where Hugging Face writes the special tokens beside a tokenizer.json (the later one wins).
 TOKEN_SIDE_FILES = ("special_tokens_map.json", "tokenizer_config.json")
@@ -62,6 +63,16 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and tiling character offsets (see `Tokenizer.encode_with_offsets`).
+
+        >>> from sftkit.tokenizers import smollm2_tokenizer
+        >>> smollm2_tokenizer().encode_with_offsets("Hi<|im_end|>\\n")
+        ([26843, 2, 198], [(0, 2), (2, 12), (12, 13)])
+        """
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        return encoding.ids, tiling_offsets(encoding.offsets, len(text))
 
     def decode(self, ids: Sequence[int]) -> str:
         # tokenizers skips special tokens by default; the protocol keeps every id visible.
