@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.data.dataset import InstructionDataset
-from sftkit.data.prompts import get_style
+from sftkit.data.prompts import PromptStyle, get_style
 from sftkit.data.records import (
     Splits,
     capped_list,
@@ -32,7 +32,7 @@ def prepare_dataset(
     data: str,
     out: str | Path,
     *,
-    style: str = "alpaca",
+    style: str | PromptStyle = "alpaca",
     tokenizer: str | Tokenizer = "gpt2",
     fields: str | None = None,
     sha256: str | None = None,
@@ -57,7 +57,7 @@ def prepare_dataset(
     """
     out = Path(out)
     _check_replaceable(out)
-    prompt_style = get_style(style)
+    prompt_style = style if isinstance(style, PromptStyle) else get_style(style)
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     records = load_source(data, parse_field_mapping(fields), sha256)
     report = inspect_records(records)
