@@ -16,7 +16,7 @@ Example:
     >>> style.render([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
     '<|user|>Hi</s><|assistant|>'
     >>> style.stop_strings, style.response_marker
-    (('</s>',), '<|assistant|>')
+    (('</s>',), '</s><|assistant|>')
     >>> style.format_example({"instruction": "Hi", "input": "", "output": "Hello"})
     '<|user|>Hi</s><|assistant|>Hello</s>'
 """
@@ -148,25 +148,28 @@ class TemplateStyle(PromptStyle):
         return self.render(messages, add_generation_prompt=True)
 
     def _generation_prompt(self) -> str:
-        """What `add_generation_prompt` adds after a user turn (where an answer starts)."""
-        user = [{"role": "user", "content": _PROBE_USER}]
+        """What follows a user's words up to where the answer starts (like the built-in
+        styles' `response_marker`, the end of the user's turn included)."""
         try:
-            with_prompt = self.render(user, add_generation_prompt=True)
-            without = self.render(user)
+            prompt = self.render([{"role": "user", "content": _PROBE_USER}],
+                                 add_generation_prompt=True)
         except SftkitError:
             return ""
-        return with_prompt[len(without):] if with_prompt.startswith(without) else ""
+        return prompt.partition(_PROBE_USER)[2]
 
     def _end_of_turn_strings(self) -> tuple[str, ...]:
         """What the template writes right after an answer, and the eos token."""
         conversation = [{"role": "user", "content": _PROBE_USER},
                         {"role": "assistant", "content": _PROBE_ANSWER}]
         try:
-            after = self.render(conversation).partition(_PROBE_ANSWER)[2].strip()
+            after = self.render(conversation).partition(_PROBE_ANSWER)[2].split()
         except SftkitError:
-            after = ""
-        eos = self.special_tokens.get("eos_token", "")
-        return tuple(stop for stop in dict.fromkeys((after, eos)) if stop)
+            after = []
+        # The first piece: Phi-3 writes "<|end|>\n<|endoftext|>" after a last answer, but only
+        # "<|end|>" between turns, which is where a model stops.
+        end_of_turn = after[0] if after else ""
+        eos = str(self.special_tokens.get("eos_token", ""))
+        return tuple(stop for stop in dict.fromkeys((end_of_turn, eos)) if stop)
 
     def __repr__(self) -> str:
         return f"TemplateStyle(source={self.source!r}, sha256={self.sha256[:12]})"
