@@ -46,8 +46,9 @@ def embedded_template() -> str:
 
 def transformers_render(template: str, special_tokens: dict[str, str],
                         messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from tokenizers import Tokenizer
 
     # A copy: transformers adds the special tokens it is given to the backend.
     backend = Tokenizer.from_str(smollm2_tokenizer().backend.to_str())

@@ -57,7 +57,7 @@ from sftkit.checkpoints.hf import (
 )
 from sftkit.checkpoints.native import is_native_directory, load_native, load_native_tokenizer
 from sftkit.data.prompts import STYLES, PromptStyle, get_style
-from sftkit.data.templates import TEMPLATE_STYLE, TemplateStyle
+from sftkit.data.templates import TEMPLATE_STYLE, TemplateStyle, check_style_name
 from sftkit.errors import SftkitError
 from sftkit.models import PRESETS, Model, ModelConfig
 from sftkit.tokenizers import (
@@ -95,10 +95,10 @@ class LoadedModel:
         ...             prompt_style="chatml").style.stop_strings
         ('<|im_end|>', '<|im_start|>')
         >>> LoadedModel(model, model.config, gpt2_tokenizer(), "a tiny GPT-2",
-        ...             prompt_style="template")
+        ...             prompt_style="template")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        sftkit.errors.SftkitError: prompt style 'template': a tiny GPT-2 has no chat template; choose alpaca, chatml, phi3
+        sftkit.errors.SftkitError: prompt style 'template': a tiny GPT-2 has no chat template; ...
     """
 
     model: Model
@@ -118,6 +118,8 @@ class LoadedModel:
 
     def use_style(self, name: str | None) -> None:
         """Use the prompt style `name`; None means the model's own (see the class doc)."""
+        if name is not None:
+            check_style_name(name)
         template = self.chat_template
         if name == TEMPLATE_STYLE or (name is None and template is not None):
             if template is None:

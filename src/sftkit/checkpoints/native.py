@@ -27,11 +27,11 @@ import torch
 
 from sftkit.checkpoints.files import read_safetensors
 from sftkit.checkpoints.weights import model_from_state_dict, saved_state_dict
+from sftkit.data.prompts import PromptStyle
+from sftkit.data.templates import TemplateStyle
 from sftkit.errors import SftkitError
 from sftkit.io import atomic_directory
 from sftkit.models import Model, ModelConfig
-from sftkit.data.prompts import PromptStyle
-from sftkit.data.templates import TemplateStyle
 from sftkit.tokenizers import HFTokenizer, TiktokenTokenizer, Tokenizer, gpt2_tokenizer
 from sftkit.tokenizers.hf import ChatTemplate
 

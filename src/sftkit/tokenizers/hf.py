@@ -48,7 +48,8 @@ class ChatTemplate:
     """
 
     text: str
-    special_tokens: dict[str, str | list[str]] = field(default_factory=dict)
+    special_tokens: dict[str, Any] = field(default_factory=dict)
+    """`bos_token`, `eos_token`, ... (a list for `additional_special_tokens`)."""
     source: str = "chat template"
 
     @property
