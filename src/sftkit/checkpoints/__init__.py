@@ -56,10 +56,18 @@ from sftkit.checkpoints.hf import (
     with_preset,
 )
 from sftkit.checkpoints.native import is_native_directory, load_native, load_native_tokenizer
-from sftkit.data.prompts import PromptStyle, get_style
+from sftkit.data.prompts import STYLES, PromptStyle, get_style
+from sftkit.data.templates import TEMPLATE_STYLE, TemplateStyle, check_style_name
 from sftkit.errors import SftkitError
 from sftkit.models import PRESETS, Model, ModelConfig
-from sftkit.tokenizers import Tokenizer, embedded, gpt2_tokenizer, read_gguf_tokenizer
+from sftkit.tokenizers import (
+    HFTokenizer,
+    Tokenizer,
+    embedded,
+    gpt2_tokenizer,
+    read_gguf_tokenizer,
+)
+from sftkit.tokenizers.hf import ChatTemplate
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PATH_SUFFIXES = (".gguf", ".pth", ".pt", ".safetensors")
@@ -73,8 +81,9 @@ RUN_CONFIG = "config.toml"
 @dataclass
 class LoadedModel:
     """A model ready to use (eval mode), its config, its tokenizer, where it came from, and
-    `style`, the prompt style it is used with: the one named by `prompt_style`, else the
-    config's own.
+    `style`, the prompt style it is used with: the one named by `prompt_style` (`"template"`
+    asks for the model's own chat template), else the model's own chat template when it has
+    one, else its config's style.
 
     Example:
         >>> from sftkit.models import build_model
@@ -85,6 +94,11 @@ class LoadedModel:
         >>> LoadedModel(model, model.config, gpt2_tokenizer(), "a tiny GPT-2",
         ...             prompt_style="chatml").style.stop_strings
         ('<|im_end|>', '<|im_start|>')
+        >>> LoadedModel(model, model.config, gpt2_tokenizer(), "a tiny GPT-2",
+        ...             prompt_style="template")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sftkit.errors.SftkitError: prompt style 'template': a tiny GPT-2 has no chat template; ...
     """
 
     model: Model
@@ -95,7 +109,25 @@ class LoadedModel:
     style: PromptStyle = field(init=False)
 
     def __post_init__(self, prompt_style: str | None) -> None:
-        self.style = get_style(prompt_style or self.config.prompt_style)
+        self.use_style(prompt_style)
+
+    @property
+    def chat_template(self) -> ChatTemplate | None:
+        """The model's own chat template (its tokenizer's), if it has one."""
+        return self.tokenizer.chat_template if isinstance(self.tokenizer, HFTokenizer) else None
+
+    def use_style(self, name: str | None) -> None:
+        """Use the prompt style `name`; None means the model's own (see the class doc)."""
+        if name is not None:
+            check_style_name(name)
+        template = self.chat_template
+        if name == TEMPLATE_STYLE or (name is None and template is not None):
+            if template is None:
+                raise SftkitError(f"prompt style {TEMPLATE_STYLE!r}: {self.source} has no chat "
+                                  f"template; choose {', '.join(sorted(STYLES))}")
+            self.style = TemplateStyle(template.text, template.special_tokens, template.source)
+        else:
+            self.style = get_style(name or self.config.prompt_style)
 
 
 def load_pretrained(source: str, *, dtype: torch.dtype | str | None = None,
@@ -105,7 +137,7 @@ def load_pretrained(source: str, *, dtype: torch.dtype | str | None = None,
 
     `dtype` defaults to float32. `config` (a preset name or a `ModelConfig`) gives the shape of
     a book `.pth` whose width matches no GPT-2 preset. `style` names a prompt style instead of
-    the model's own.
+    the model's own (`"template"`: its own chat template, an error if it has none).
 
     Example:
         >>> import tempfile
@@ -126,7 +158,7 @@ def load_pretrained(source: str, *, dtype: torch.dtype | str | None = None,
     else:
         loaded = _from_path(Path(target), dtype, config)
     if style is not None:
-        loaded.style = get_style(style)
+        loaded.use_style(style)
     loaded.model.eval()
     return loaded
 

@@ -14,9 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="a run directory (its model/), a run's model/ directory, a preset, a "
                              ".gguf, a Hub id, ...")
-    parser.add_argument("--style", help="prompt style (default: the model's own)")
+    parser.add_argument("--style", help="prompt style: template (the model's own chat "
+                                        "template), alpaca, phi3, chatml (default: the "
+                                        "model's own)")
     parser.add_argument("--system",
-                        help="a system message, for styles that have one (default: none)")
+                        help="a system message, for styles that have one (default: none, or "
+                             "the template's default system message)")
     add_sampling_arguments(parser)
 
 

@@ -82,7 +82,7 @@ def default_name(source: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from sftkit.checkpoints import load_pretrained, resolve_source
-    from sftkit.data.prompts import get_style
+    from sftkit.data.templates import check_style_name
     from sftkit.device import pick_device
     from sftkit.errors import SftkitError
     from sftkit.serve import Engine, Limits, listen, serve
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise SftkitError("--max-new-tokens must be at least 1")
     device = pick_device(args.device)
     if args.style:
-        get_style(args.style)
+        check_style_name(args.style)
     _, source = resolve_source(args.model)  # a run directory stands for its model/
     with listen(args.host, args.port) as listener:
         start = time.perf_counter()

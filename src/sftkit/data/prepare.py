@@ -11,7 +11,7 @@ from typing import Any
 
 from sftkit.data.dataset import InstructionDataset
 from sftkit.data.formats import detect_format
-from sftkit.data.prompts import get_style
+from sftkit.data.prompts import PromptStyle, get_style
 from sftkit.data.records import (
     Splits,
     capped_list,
@@ -39,7 +39,7 @@ def prepare_dataset(
     data: str,
     out: str | Path,
     *,
-    style: str = "alpaca",
+    style: str | PromptStyle = "alpaca",
     tokenizer: str | Tokenizer = "gpt2",
     fields: str | None = None,
     sha256: str | None = None,
@@ -70,7 +70,7 @@ def prepare_dataset(
     """
     out = Path(out)
     _check_replaceable(out)
-    prompt_style = get_style(style)
+    prompt_style = style if isinstance(style, PromptStyle) else get_style(style)
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     records = load_source(data, parse_field_mapping(fields), sha256)
     report = inspect_records(records)

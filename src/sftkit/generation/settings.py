@@ -1,5 +1,6 @@
 """The one set-up every user of a loaded model needs: generation settings that stop at the
-model's end-of-text token and at its prompt style's stop strings (`LoadedModel.style`).
+model's end-of-text token and at its prompt style's stop strings (`LoadedModel.style`: the
+model's own chat template when it has one, whose stop strings are its end-of-turn text).
 
 Chat, `generate`, the pipeline and the server all start here, so they stop alike.
 

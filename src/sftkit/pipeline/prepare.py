@@ -16,7 +16,7 @@ def stage_prepare(context: RunContext) -> None:
     loaded = context.model()
     context.log("[prepare]")
     prepare_dataset(
-        data.source, run.data_dir, style=context.prompt_style.name, tokenizer=loaded.tokenizer,
+        data.source, run.data_dir, style=context.prompt_style, tokenizer=loaded.tokenizer,
         fields=data.fields or None, sha256=data.sha256 or None,
         train_fraction=data.train_fraction, test_fraction=data.test_fraction,
         seed=None if data.split_seed < 0 else data.split_seed, max_length=data.max_length,

@@ -33,7 +33,8 @@ def stage_train(context: RunContext) -> None:
         result.supervised_tokens_per_second, 1)
     loaded.model.eval()
     save_hf_directory(loaded.model, run.model_hf_dir, loaded.tokenizer)
-    save_native(loaded.model, loaded.tokenizer, run.model_dir)  # last: it marks the stage done
+    # last: it marks the stage done; it keeps the prompt style (or template) trained with
+    save_native(loaded.model, loaded.tokenizer, run.model_dir, style=context.prompt_style)
     context.finetuned = True
     context.log(f"[train] {progress.step} steps, {progress.supervised_tokens} supervised tokens "
                 f"in {progress.train_seconds:.0f} s ({result.supervised_tokens_per_second:.0f} "

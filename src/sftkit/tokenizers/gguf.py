@@ -18,7 +18,13 @@ from typing import Any
 
 from sftkit.errors import SftkitError
 from sftkit.tokenizers import embedded
-from sftkit.tokenizers.hf import HFTokenizer
+from sftkit.tokenizers.hf import ChatTemplate, HFTokenizer
+
+# The special ids a GGUF names, as the token names `transformers` gives a chat template.
+SPECIAL_TOKEN_IDS = {"bos_token": "tokenizer.ggml.bos_token_id",
+                     "eos_token": "tokenizer.ggml.eos_token_id",
+                     "unk_token": "tokenizer.ggml.unknown_token_id",
+                     "pad_token": "tokenizer.ggml.padding_token_id"}
 
 # `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type).
 TOKEN_TYPE_CONTROL = 3
@@ -144,7 +150,27 @@ def tokenizer_from_gguf_metadata(values: Mapping[str, Any], source: str = "GGUF"
         raise SftkitError(f"{source}: metadata field 'tokenizer.ggml.eos_token_id' is missing")
     return HFTokenizer(backend, name=name, eos_id=int(eos_id),
                        pad_id=_optional_int(values.get("tokenizer.ggml.padding_token_id")),
-                       vocab_size=len(tokens))
+                       vocab_size=len(tokens),
+                       chat_template=chat_template_from_gguf_metadata(values, tokens, source))
+
+
+def chat_template_from_gguf_metadata(values: Mapping[str, Any], tokens: list[str],
+                                     source: str = "GGUF") -> ChatTemplate | None:
+    """`tokenizer.chat_template` with the special tokens the file names by id; None when the
+    file has no template.
+
+    Example:
+        >>> values = {"tokenizer.chat_template": "{{ bos_token }}",
+        ...           "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 0}
+        >>> chat_template_from_gguf_metadata(values, ["<eos>", "<bos>"]).special_tokens
+        {'bos_token': '<bos>', 'eos_token': '<eos>'}
+    """
+    text = values.get("tokenizer.chat_template")
+    if text is None:
+        return None
+    special_tokens = {name: tokens[int(values[key])] for name, key in SPECIAL_TOKEN_IDS.items()
+                      if values.get(key) is not None and 0 <= int(values[key]) < len(tokens)}
+    return ChatTemplate(str(text), special_tokens, source)
 
 
 def _optional_int(value: Any) -> int | None:

@@ -16,8 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,32 @@ from sftkit.tokenizers.base import tiling_offsets
 TOKEN_SIDE_FILES = ("special_tokens_map.json", "tokenizer_config.json")
 # Where the model's own files state the special ids (the first one found wins).
 ID_SIDE_FILES = ("generation_config.json", "config.json")
+# Where a Hugging Face directory keeps its chat template (the file wins over the config's entry).
+TEMPLATE_FILE = "chat_template.jinja"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# The special tokens `transformers` hands a chat template (its `special_tokens_map`).
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+                       "cls_token", "mask_token", "additional_special_tokens")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A model's own Jinja chat template, the special tokens it is rendered with and where it
+    came from (`sftkit.data.templates` renders it).
+
+    Example:
+        >>> ChatTemplate("{{ bos_token }}", {"bos_token": "<s>"}, "a file").sha256[:12]
+        '38924663eb3d'
+    """
+
+    text: str
+    special_tokens: dict[str, Any] = field(default_factory=dict)
+    """`bos_token`, `eos_token`, ... (a list for `additional_special_tokens`)."""
+    source: str = "chat template"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
 class HFTokenizer:
@@ -47,8 +75,10 @@ class HFTokenizer:
     """
 
     def __init__(self, tokenizer: Any, name: str, eos_id: int, pad_id: int | None = None,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, chat_template: ChatTemplate | None = None):
         self._tokenizer = tokenizer
+        #: The model's own chat template, when its files have one.
+        self.chat_template = chat_template
         self.name = name
         self.eos_id = eos_id
         self.pad_id = eos_id if pad_id is None else pad_id
@@ -123,11 +153,58 @@ class HFTokenizer:
                               f"{', '.join(TOKEN_SIDE_FILES + ID_SIDE_FILES)} beside it; "
                               "pass eos_token=...")
         return cls(backend, name=name or path.parent.name or path.stem, eos_id=eos_id,
-                   pad_id=pad_id, vocab_size=vocab_size)
+                   pad_id=pad_id, vocab_size=vocab_size,
+                   chat_template=read_chat_template(path.parent))
 
     def __repr__(self) -> str:
         return (f"HFTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
                 f"eos_id={self.eos_id}, pad_id={self.pad_id})")
+
+
+def read_chat_template(directory: Path) -> ChatTemplate | None:
+    """The chat template of a Hugging Face directory: `chat_template.jinja`, else the
+    `chat_template` of `tokenizer_config.json` (a string, or a list of named templates, of which
+    "default" is used); None when it has neither.
+
+    Example:
+        >>> import json, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / TOKENIZER_CONFIG).write_text(json.dumps({"eos_token": "</s>",
+        ...     "chat_template": [{"name": "default", "template": "{{ eos_token }}"}]}))
+        >>> template = read_chat_template(folder)
+        >>> template.text, template.special_tokens
+        ('{{ eos_token }}', {'eos_token': '</s>'})
+    """
+    config_path = directory / TOKENIZER_CONFIG
+    config = _read_side_file(config_path) if config_path.is_file() else {}
+    special_tokens = _special_tokens_beside(directory / "tokenizer.json", SPECIAL_TOKEN_NAMES)
+    template_path = directory / TEMPLATE_FILE
+    if template_path.is_file():
+        try:
+            text = template_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise SftkitError(f"cannot read {template_path}: {error}") from None
+        return ChatTemplate(text, special_tokens, str(template_path))
+    entry = config.get("chat_template")
+    if entry is None:
+        return None
+    return ChatTemplate(_default_template(entry, config_path), special_tokens, str(config_path))
+
+
+def _default_template(entry: Any, config_path: Path) -> str:
+    """The template text of a `chat_template` entry: the text itself, or the "default" one of
+    a list of `{"name": ..., "template": ...}`."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, list):
+        named = {item.get("name"): item.get("template") for item in entry
+                 if isinstance(item, dict)}
+        if isinstance(named.get("default"), str):
+            return str(named["default"])
+        raise SftkitError(f"{config_path}: chat_template lists templates "
+                          f"{sorted(map(str, named))} but none named 'default'")
+    raise SftkitError(f"{config_path}: chat_template must be a string or a list of named "
+                      f"templates, got {type(entry).__name__}")
 
 
 def _read_backend(path: Path) -> Any:
@@ -151,22 +228,31 @@ def _read_side_file(path: Path) -> dict[str, Any]:
     return entries
 
 
-def _special_tokens_beside(tokenizer_json: Path) -> dict[str, str]:
-    """`eos_token` / `pad_token` from the HF side files; tokenizer_config.json wins."""
-    found: dict[str, str] = {}
+def _special_tokens_beside(tokenizer_json: Path,
+                           names: Sequence[str] = ("eos_token", "pad_token")) -> dict[str, Any]:
+    """The special tokens `names` from the HF side files; tokenizer_config.json wins."""
+    found: dict[str, Any] = {}
     for filename in TOKEN_SIDE_FILES:
         side_file = tokenizer_json.parent / filename
         if not side_file.is_file():
             continue
         entries = _read_side_file(side_file)
-        for field in ("eos_token", "pad_token"):
-            value = entries.get(field)
-            # HF writes either the token itself or an AddedToken dict with its "content".
-            if isinstance(value, dict):
-                value = value.get("content")
-            if isinstance(value, str):
-                found[field] = value
+        for name in names:
+            value = _token_text(entries.get(name))
+            if value is not None:
+                found[name] = value
     return found
+
+
+def _token_text(value: Any) -> str | list[str] | None:
+    """A special token as HF writes it: the token itself or an AddedToken dict with its
+    "content" (a list of them for `additional_special_tokens`)."""
+    if isinstance(value, list):
+        tokens = [_token_text(item) for item in value]
+        return [token for token in tokens if isinstance(token, str)]
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 def _special_ids_beside(tokenizer_json: Path) -> tuple[int | None, int | None]:
