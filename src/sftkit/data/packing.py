@@ -155,7 +155,10 @@ class PackedRows(Dataset):
     def __init__(self, dataset: InstructionDataset, row_length: int, seed: int):
         self.dataset = dataset
         # An example takes len(ids) positions (its end-of-text is only a target).
-        self.rows = pack_rows([length - 1 for length in dataset.lengths], row_length, seed)
+        sizes = [min(length - 1, row_length) for length in dataset.lengths]
+        self.rows = pack_rows(sizes, row_length, seed)
+        self.row_lengths = [sum(sizes[example] for example in row) for row in self.rows]
+        """Tokens in each row (the rest of a full-width row would be padding)."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -196,17 +199,3 @@ def make_packed_loader(
         allowed_max_length=row_length, mask_prompt=mask_prompt))
     return DataLoader(rows, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed))
-
-
-def packed_padding_fraction(lengths: Sequence[int], row_length: int, seed: int = 123
-                            ) -> float | None:
-    """The share of positions of full-width packed rows that are padding (None: no data);
-    `lengths` as `InstructionDataset.lengths` (end-of-text included).
-
-    >>> packed_padding_fraction([4, 3, 2], row_length=5)  # rows [0, 1], [2]: 5 + 1 of 10
-    0.4
-    """
-    sizes = [min(length - 1, row_length) for length in lengths]
-    rows = pack_rows(sizes, row_length, seed)
-    total = len(rows) * row_length
-    return 1.0 - sum(sizes) / total if total else None
