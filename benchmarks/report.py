@@ -48,6 +48,7 @@ class Report:
     generation: dict[str, Any] | None = None
     memory: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
+    packing: str = ""  # the packing section's Markdown (benchmarks/packing.py)
     profile: str = ""
 
     # ---- collection -------------------------------------------------------------------
@@ -138,6 +139,8 @@ class Report:
             parts.append(self._memory())
         if self.quality:
             parts.append(self._quality())
+        if self.packing:
+            parts.append(self.packing)
         parts.append(self._lever_summary())
         parts.append("## Targets\n\n" + table(["target", "measured", "verdict"], self.targets()))
         if self.profile:

@@ -35,7 +35,7 @@ from benchmarks.machine import (  # noqa: E402
 from benchmarks.report import Report  # noqa: E402
 from benchmarks.training import Spec, model_config, run_group  # noqa: E402
 
-SECTIONS = ("peak", "train", "levers", "generate", "memory", "quality")
+SECTIONS = ("peak", "train", "levers", "generate", "memory", "quality", "packing")
 #: Shrunken presets for --quick (same families, seconds per step).
 QUICK_OVERRIDES = {
     "gpt2": {"n_layers": 2, "emb_dim": 64, "n_heads": 4},
@@ -159,6 +159,19 @@ def section_quality(args, report: Report) -> None:
     report.add_quality(data.label, specs[0].model, args.quality_steps, results)
 
 
+def section_packing(args, report: Report) -> None:
+    from benchmarks import packing
+
+    model = "gpt2"
+    overrides = QUICK_OVERRIDES[model] if args.quick else {}
+    results = []
+    for data in [*datasets(args)[1:], None]:  # --data (the book's), then long-tailed
+        label = data.label if data else "long-tailed synthetic"
+        print(f"\n## packing: {model} on {label}")
+        results.append(packing.measure(data, model, overrides, args.steps))
+    report.packing = packing.markdown(results, args.quick)
+
+
 def section_generate(args, report: Report) -> None:
     from benchmarks.generation import run_generation
 
@@ -200,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             section_memory(args, report)
         if "quality" in only:
             section_quality(args, report)
+        if "packing" in only:
+            section_packing(args, report)
     report.load_after = load_average()
     report.seconds = time.perf_counter() - started
     text = report.markdown()

@@ -70,6 +70,9 @@ class DataConfig:
     """Shuffle with this seed before splitting; -1 keeps the file's order (the reference)."""
     max_length: int = 1024
     """`allowed_max_length`: longer examples are truncated in training."""
+    packing: bool = False
+    """Pack whole examples into rows of `max_length` tokens, each attending only to itself
+    (same loss, far less padding); `train.batch_size` then counts rows."""
 
     def __post_init__(self) -> None:
         _require(self.max_length > 0, "data.max_length must be positive")

@@ -1,7 +1,8 @@
 """Decoder-only language models written from scratch: GPT-2 and the Llama family.
 
 Both share one interface (`base.DecoderModel`):
-`model(idx, *, kv_cache=None, input_pos=None, pad_lengths=None) -> logits`, `forward_hidden` +
+`model(idx, *, kv_cache=None, input_pos=None, pad_lengths=None, positions=None,
+document_ids=None) -> logits` (the last two for packed training rows), `forward_hidden` +
 `lm_head`, `num_parameters()`, `make_kv_cache(...)` and `model.config`. Start reading at
 `gpt2.py`; `llama.py` is the same shape with four changes; `kv_cache.py` is generation's path.
 

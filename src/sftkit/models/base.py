@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 import torch
 from torch import nn
@@ -14,6 +14,39 @@ from torch.utils.checkpoint import checkpoint
 from sftkit.errors import SftkitError
 from sftkit.models.config import ModelConfig
 from sftkit.models.kv_cache import CachedCall, KVCache, LayerKVCache
+
+
+class PackedLayout(NamedTuple):
+    """Where each token of packed rows sits: its position in its own example and the
+    attention mask that keeps it inside that example (built once per forward, shared by every
+    layer)."""
+
+    positions: torch.Tensor  # (B, T) int64
+    mask: torch.Tensor  # (B, 1, T, T) bool, True where a query may attend to a key
+
+    @classmethod
+    def of(cls, positions: torch.Tensor | None, document_ids: torch.Tensor | None
+           ) -> PackedLayout | None:
+        """The layout of a packed call, or None for a plain one (neither given)."""
+        if positions is None and document_ids is None:
+            return None
+        if positions is None or document_ids is None:
+            raise ValueError("packed rows need both positions= and document_ids=")
+        return cls(positions, packed_attention_mask(document_ids))
+
+
+def packed_attention_mask(document_ids: torch.Tensor) -> torch.Tensor:
+    """The block-diagonal causal mask (B, 1, T, T) of rows of `document_ids` (B, T): a token
+    attends to itself and the earlier tokens of the same document.
+
+    Example:
+        >>> packed_attention_mask(torch.tensor([[0, 0, 1]]))[0, 0].int().tolist()
+        [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    """
+    length = document_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=document_ids.device).tril()
+    same_document = document_ids[:, :, None] == document_ids[:, None, :]
+    return (same_document & causal)[:, None]
 
 
 class HoldsKVCache(Protocol):
@@ -42,28 +75,39 @@ class DecoderModel(nn.Module):
 
     def forward_hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
                        input_pos: int | torch.Tensor | None = None,
-                       pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                       pad_lengths: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None,
+                       document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final normed hidden states (B, T, emb_dim), before the output head.
 
         With `kv_cache`, the tokens go at `input_pos` (an int or the (T,) positions) and attend
         to every position cached before them. `pad_lengths` (B,): each row starts with that
         many padding tokens (left padding for batched generation); they get no attention and
         the row's positions start after them. Both need a `kv_cache`.
+
+        Packed rows (training, no cache): `positions` (B, T) gives each token's position in its
+        own example and `document_ids` (B, T) which example it belongs to; a token attends only
+        to the earlier tokens of its example (`packed_attention_mask`).
         """
         raise NotImplementedError
 
     def forward(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
                 input_pos: int | torch.Tensor | None = None,
-                pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                pad_lengths: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids `idx` (B, T)."""
         return self.lm_head(self.forward_hidden(idx, kv_cache=kv_cache, input_pos=input_pos,
-                                                pad_lengths=pad_lengths))
+                                                pad_lengths=pad_lengths, positions=positions,
+                                                document_ids=document_ids))
 
     @contextlib.contextmanager
     def positions_and_cache(self, idx: torch.Tensor, kv_cache: KVCache | None,
                             input_pos: int | torch.Tensor | None,
-                            pad_lengths: torch.Tensor | None) -> Iterator[torch.Tensor]:
-        """Yield each token's position: (T,) 0..T-1 for a plain call. With a cache, the
+                            pad_lengths: torch.Tensor | None,
+                            packed: PackedLayout | None = None) -> Iterator[torch.Tensor]:
+        """Yield each token's position: (T,) 0..T-1 for a plain call, the packed layout's
+        (B, T) positions for packed rows. With a cache, the
         positions of `CachedCall.token_positions`, and for the duration every layer's attention
         holds its `LayerKVCache` (so a block needs nothing but its input). The attentions are
         shared state for that while: one model runs one cached call at a time (the server's
@@ -75,8 +119,11 @@ class DecoderModel(nn.Module):
                 raise ValueError("input_pos and pad_lengths place tokens in a KV cache: "
                                  "pass kv_cache= as well")
             self._check_context(length)
-            yield torch.arange(length, device=idx.device)
+            yield torch.arange(length, device=idx.device) if packed is None else packed.positions
             return
+        if packed is not None:
+            raise ValueError("positions and document_ids describe packed training rows; they "
+                             "do not go with a KV cache")
         call = CachedCall.at(input_pos, length, idx.device, pad_lengths)
         self._check_context(call.end)
         self._attach(kv_cache.begin(call, batch))

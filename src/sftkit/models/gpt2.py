@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftkit.models.base import DecoderModel
+from sftkit.models.base import DecoderModel, PackedLayout
 from sftkit.models.config import ModelConfig
 from sftkit.models.kv_cache import KVCache, LayerKVCache
 
@@ -46,7 +46,9 @@ class GPTAttention(nn.Module):
         # This layer's cache: set by the model only for the duration of a cached call.
         self.kv_cache: LayerKVCache | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` (B, 1, T, T) bool: which keys each query may see (packed rows); None = the
+        causal mask."""
         batch, length, emb = x.shape
         # (B, T, emb) → (B, n_heads, T, head_dim): each head attends on its own slice.
         q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
@@ -54,7 +56,8 @@ class GPTAttention(nn.Module):
         v = self.v_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         if self.kv_cache is None:
             out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.drop_rate if self.training else 0.0)
+                q, k, v, attn_mask=mask, is_causal=mask is None,
+                dropout_p=self.drop_rate if self.training else 0.0)
         else:  # generation: attend over the cached earlier tokens too
             out = self.kv_cache.attend(q, k, v)
         # Merge the heads back: (B, n_heads, T, head_dim) → (B, T, emb).
@@ -85,8 +88,8 @@ class GPTBlock(nn.Module):
         self.mlp = GPTMLP(config)
         self.drop = nn.Dropout(config.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), mask))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -107,10 +110,14 @@ class GPTModel(DecoderModel):
 
     def forward_hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
                        input_pos: int | torch.Tensor | None = None,
-                       pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                       pad_lengths: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None,
+                       document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """See `DecoderModel.forward_hidden`."""
-        with self.positions_and_cache(idx, kv_cache, input_pos, pad_lengths) as positions:
-            x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+        packed = PackedLayout.of(positions, document_ids)
+        with self.positions_and_cache(idx, kv_cache, input_pos, pad_lengths, packed) as where:
+            x = self.drop(self.tok_emb(idx) + self.pos_emb(where))
+            mask = () if packed is None else (packed.mask,)
             for block in self.blocks:
-                x = self.run_block(block, x)
+                x = self.run_block(block, x, *mask)
             return self.final_norm(x)

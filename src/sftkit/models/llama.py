@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftkit.models.base import DecoderModel
+from sftkit.models.base import DecoderModel, PackedLayout
 from sftkit.models.config import ModelConfig
 from sftkit.models.kv_cache import KVCache, LayerKVCache
 
@@ -94,7 +94,10 @@ class LlamaAttention(nn.Module):
         # This layer's cache: set by the model only for the duration of a cached call.
         self.kv_cache: LayerKVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` (B, 1, T, T) bool: which keys each query may see (packed rows); None = the
+        causal mask."""
         batch, length, emb = x.shape
         q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -103,7 +106,8 @@ class LlamaAttention(nn.Module):
         if self.kv_cache is None:
             # SDPA groups the query heads itself, without copying keys and values per head.
             out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.drop_rate if self.training else 0.0,
+                q, k, v, attn_mask=mask, is_causal=mask is None,
+                dropout_p=self.drop_rate if self.training else 0.0,
                 enable_gqa=self.n_kv_heads != self.n_heads)
         else:  # generation: attend over the cached earlier tokens too
             out = self.kv_cache.attend(q, k, v)
@@ -135,8 +139,9 @@ class LlamaBlock(nn.Module):
         self.mlp = SwiGLU(config)
         self.drop = nn.Dropout(config.drop_rate)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -155,12 +160,16 @@ class LlamaModel(DecoderModel):
 
     def forward_hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
                        input_pos: int | torch.Tensor | None = None,
-                       pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                       pad_lengths: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None,
+                       document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """See `DecoderModel.forward_hidden`."""
-        with self.positions_and_cache(idx, kv_cache, input_pos, pad_lengths) as positions:
+        packed = PackedLayout.of(positions, document_ids)
+        with self.positions_and_cache(idx, kv_cache, input_pos, pad_lengths, packed) as where:
             x = self.drop(self.tok_emb(idx))
-            cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta,
+            cos, sin = rope_cos_sin(where, self.config.head_dim, self.config.rope_theta,
                                     x.dtype)
+            mask = () if packed is None else (packed.mask,)
             for block in self.blocks:
-                x = self.run_block(block, x, cos, sin)
+                x = self.run_block(block, x, cos, sin, *mask)
             return self.final_norm(x)

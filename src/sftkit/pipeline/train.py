@@ -63,7 +63,8 @@ def _fit(context: RunContext) -> TrainResult:
         return str(entry["model_response"])
 
     trainer = Trainer(loaded.model, train, val, context.config.train, context.run_dir,
-                      max_length=context.config.data.max_length, sample_fn=sample,
+                      max_length=context.config.data.max_length,
+                      packing=context.config.data.packing, sample_fn=sample,
                       log=context.log)
     context.log(f"[train] {len(train)} examples, {trainer.total_steps} steps on "
                 f"{trainer.device} in {trainer.precision}")

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from sftkit.config import TrainConfig
 from sftkit.data.collate import Batch
 from sftkit.data.dataset import EpochBatchSampler, InstructionDataset, make_loader
+from sftkit.data.packing import PackedBatch, make_packed_loader
 from sftkit.device import autocast, pick_device, pick_precision
 from sftkit.errors import SftkitError
 from sftkit.models.base import DecoderModel
@@ -108,7 +109,9 @@ class TrainingFiles:
 
 class Trainer:
     """Fits `model` on `train_data`, evaluating on `val_data`, writing into `run_dir`
-    (the files of `TrainingFiles`)."""
+    (the files of `TrainingFiles`). Examples are truncated to `max_length` tokens; with
+    `packing`, they are packed into rows of `max_length` (`sftkit.data.packing`) for training
+    and for the loss estimates, and `config.batch_size` counts rows."""
 
     def __init__(
         self,
@@ -119,6 +122,7 @@ class Trainer:
         run_dir: Path,
         *,
         max_length: int | None = None,
+        packing: bool = False,
         sample_fn: Callable[[DecoderModel], str] | None = None,
         log: Callable[[str], None] = print,
         progress_bar: bool = True,
@@ -132,11 +136,19 @@ class Trainer:
         self.sample_fn = sample_fn
         self.log = log
         self.progress_bar = progress_bar
-        loader = functools.partial(make_loader, batch_size=config.batch_size,
-                                   allowed_max_length=max_length,
-                                   mask_prompt=config.mask_prompt, seed=config.seed)
-        self.train_loader = loader(train_data, shuffle=True, drop_last=True,
-                                   group_by_length=config.group_by_length)
+        if packing:
+            if max_length is None:
+                raise SftkitError("packing needs a row length: data.max_length")
+            loader = functools.partial(make_packed_loader, batch_size=config.batch_size,
+                                       row_length=max_length, mask_prompt=config.mask_prompt,
+                                       seed=config.seed)
+            self.train_loader = loader(train_data, shuffle=True, drop_last=True)
+        else:
+            loader = functools.partial(make_loader, batch_size=config.batch_size,
+                                       allowed_max_length=max_length,
+                                       mask_prompt=config.mask_prompt, seed=config.seed)
+            self.train_loader = loader(train_data, shuffle=True, drop_last=True,
+                                       group_by_length=config.group_by_length)
         self.train_eval_loader = loader(train_data, shuffle=False)
         self.val_loader = loader(val_data, shuffle=False)
         self.sampler: EpochBatchSampler = self.train_loader.batch_sampler  # type: ignore[assignment]
@@ -225,7 +237,7 @@ class Trainer:
             self.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         return progress
 
-    def _steps_of_epoch(self, progress: TrainProgress) -> Iterator[list[Batch]]:
+    def _steps_of_epoch(self, progress: TrainProgress) -> Iterator[list[Batch | PackedBatch]]:
         """The micro-batches of each remaining step of the current epoch, `grad_accum` at a
         time; groups with nothing to learn are skipped (but counted as consumed)."""
         self.sampler.set_epoch(progress.epoch, skip=progress.batches_into_epoch)
@@ -236,7 +248,7 @@ class Trainer:
                 continue
             yield micro_batches
 
-    def _step(self, micro_batches: list[Batch], progress: TrainProgress) -> float:
+    def _step(self, micro_batches: list[Batch | PackedBatch], progress: TrainProgress) -> float:
         """One optimizer step, counted in `progress`; returns its mean token loss."""
         started = time.perf_counter()
         try:

@@ -27,13 +27,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from sftkit.data.collate import IGNORE_INDEX
+from sftkit.data.collate import IGNORE_INDEX, Batch
+from sftkit.data.packing import PackedBatch
 from sftkit.models.base import DecoderModel
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -186,28 +192,56 @@ def _warn_once(message: str) -> None:
         logger.warning(message)
 
 
-def supervised_loss_sum(model: DecoderModel, inputs: torch.Tensor, targets: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of token losses, number of supervised tokens) for one batch."""
-    hidden = model.forward_hidden(inputs)
+class PackedArgs(TypedDict, total=False):
+    """A packed batch's arguments for the model (`DecoderModel.forward_hidden`)."""
+
+    positions: torch.Tensor
+    document_ids: torch.Tensor
+
+
+def supervised_loss_sum(model: DecoderModel, inputs: torch.Tensor, targets: torch.Tensor,
+                        **packed: Unpack[PackedArgs]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token losses, number of supervised tokens) for one batch; `packed` is a packed
+    batch's `positions=` and `document_ids=` (`packed_layout`), passed on to the model."""
+    hidden = model.forward_hidden(inputs, **packed)
     supervised = targets != IGNORE_INDEX
     loss = head_cross_entropy(hidden[supervised], model.lm_head, targets[supervised])
     return loss, supervised.sum()
 
 
+def packed_layout(batch: Batch | PackedBatch, device: torch.device | None = None
+                  ) -> PackedArgs:
+    """The model arguments that place a packed batch's tokens (none for a plain batch).
+
+    >>> packed_layout(Batch(torch.ones(1, 2), torch.ones(1, 2)))
+    {}
+    """
+    if not isinstance(batch, PackedBatch):
+        return {}
+    return {"positions": batch.positions.to(device),
+            "document_ids": batch.document_ids.to(device)}
+
+
+def examples_in(batch: Batch | PackedBatch) -> int:
+    """Whole examples in a batch: its rows, or the examples packed into them."""
+    return batch.examples if isinstance(batch, PackedBatch) else batch.inputs.shape[0]
+
+
 @torch.no_grad()
-def mean_loss(model: DecoderModel, batches, max_batches: int | None = None,
-              device: torch.device | None = None, autocast=None) -> float:
-    """Mean loss per supervised token over (up to `max_batches` of) `batches`."""
+def mean_loss(model: DecoderModel, batches: Iterable[Batch | PackedBatch],
+              max_batches: int | None = None, device: torch.device | None = None,
+              autocast=None) -> float:
+    """Mean loss per supervised token over (up to `max_batches` of) `batches` (plain or
+    packed)."""
     total = 0.0
     count = 0
-    for index, (inputs, targets) in enumerate(batches):
+    for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
-        if device is not None:
-            inputs, targets = inputs.to(device), targets.to(device)
+        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
         with autocast or contextlib.nullcontext():
-            loss, tokens = supervised_loss_sum(model, inputs, targets)
+            loss, tokens = supervised_loss_sum(model, inputs, targets,
+                                               **packed_layout(batch, device))
         total += float(loss)
         count += int(tokens)
     return total / count if count else float("nan")

@@ -42,9 +42,10 @@ import torch
 
 from sftkit.config import TrainConfig
 from sftkit.data.collate import Batch
+from sftkit.data.packing import PackedBatch
 from sftkit.device import autocast
 from sftkit.models.base import DecoderModel
-from sftkit.training.loss import supervised_loss_sum
+from sftkit.training.loss import examples_in, packed_layout, supervised_loss_sum
 from sftkit.training.optim import BackwardStepAdamW, OptimizerLike, make_optimizer
 
 logger = logging.getLogger(__name__)
@@ -83,14 +84,14 @@ class TrainingStep:
         self.torn = False
         """True when a step stopped while the weights were changing (half-updated)."""
 
-    def __call__(self, micro_batches: Sequence[Batch], lr: float) -> StepStats:
+    def __call__(self, micro_batches: Sequence[Batch | PackedBatch], lr: float) -> StepStats:
         """Run one optimizer step at learning rate `lr`."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         return self._run(micro_batches)
 
-    def _run(self, micro_batches: Sequence[Batch]) -> StepStats:
+    def _run(self, micro_batches: Sequence[Batch | PackedBatch]) -> StepStats:
         raise NotImplementedError
 
     @contextlib.contextmanager
@@ -104,15 +105,16 @@ class TrainingStep:
     def _backward_pass(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def _backward(self, micro_batches: Sequence[Batch]) -> StepStats:
+    def _backward(self, micro_batches: Sequence[Batch | PackedBatch]) -> StepStats:
         """Forward and backward over every micro-batch; the loss of each is divided by the
         step's supervised tokens, so the gradients are those of one big batch."""
         step_tokens = sum(batch.supervised_tokens for batch in micro_batches)
         loss_total, tokens, examples = 0.0, 0, 0
-        for inputs, targets in micro_batches:
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
+        for batch in micro_batches:
+            inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
             with autocast(self.device, self.precision):
-                loss_sum, _ = supervised_loss_sum(self.model, inputs, targets)
+                loss_sum, _ = supervised_loss_sum(self.model, inputs, targets,
+                                                  **packed_layout(batch, self.device))
             loss_value = float(loss_sum.detach())
             if not math.isfinite(loss_value):  # before backward, which may update weights
                 self.optimizer.zero_grad(set_to_none=True)
@@ -120,7 +122,7 @@ class TrainingStep:
             self._backward_pass(loss_sum / step_tokens)
             loss_total += loss_value
             tokens += inputs.numel()
-            examples += inputs.shape[0]
+            examples += examples_in(batch)
             if self.device.type == "mps":
                 torch.mps.empty_cache()
         return StepStats(loss_total / step_tokens, tokens, examples, step_tokens)
@@ -142,7 +144,7 @@ class PlainStep(TrainingStep):
     def _backward_pass(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def _run(self, micro_batches: Sequence[Batch]) -> StepStats:
+    def _run(self, micro_batches: Sequence[Batch | PackedBatch]) -> StepStats:
         stats = self._backward(micro_batches)
         with self._updating_weights():
             if self.grad_clip:
@@ -163,7 +165,7 @@ class InBackwardStep(TrainingStep):
                  device: torch.device, precision: str):
         super().__init__(model, optimizer, device, precision)
 
-    def _run(self, micro_batches: Sequence[Batch]) -> StepStats:
+    def _run(self, micro_batches: Sequence[Batch | PackedBatch]) -> StepStats:
         if len(micro_batches) != 1:
             raise ValueError("stepping in backward is exact only for one micro-batch a step")
         self.optimizer.attach()
