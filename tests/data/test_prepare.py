@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sftkit.cli import main
 from sftkit.data.embedded import load_embedded_records
@@ -186,3 +187,27 @@ def test_prepare_messages_file_with_show(tmp_path, capsys):
             "<|im_start|>assistant\n[[2.<|im_end|>\n<|endoftext|>]]") in printed
     assert "(cut: training sees the first 150 tokens of" in printed
     assert "nothing learned" in printed and "1 record(s) with nothing to learn" in printed
+
+
+def test_prepare_uses_the_tokenizers_own_chat_template_by_default(tmp_path, monkeypatch):
+    """`sftkit prepare --tokenizer MODEL` renders with MODEL's chat template unless --style names
+    another: the data is prepared in the format the model will be trained and served with."""
+    import sftkit.checkpoints as checkpoints
+    from sftkit.tokenizers import HFTokenizer, smollm2_tokenizer
+    from sftkit.tokenizers.hf import ChatTemplate
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "templates" / "smollm2.jinja"
+    base = smollm2_tokenizer()
+    templated = HFTokenizer(base.backend, "with-template", base.eos_id,
+                            chat_template=ChatTemplate(fixture.read_text(), {}, "fixture"))
+    monkeypatch.setattr(checkpoints, "load_pretrained_tokenizer",
+                        lambda source, config=None: templated)
+    data = tmp_path / "chat.json"
+    data.write_text(json.dumps([{"messages": [{"role": "user", "content": f"Q{i}"},
+                                              {"role": "assistant", "content": f"A{i}"}]}
+                                for i in range(20)]))
+    for style, expected in ((None, "template"), ("chatml", "chatml")):
+        out = tmp_path / f"out-{expected}"
+        argv = ["prepare", "--data", str(data), "--out", str(out), "--tokenizer", "some/model"]
+        assert main(argv + (["--style", style] if style else [])) == 0
+        assert json.loads((out / "summary.json").read_text())["style"] == expected

@@ -118,16 +118,33 @@ class LoadedModel:
 
     def use_style(self, name: str | None) -> None:
         """Use the prompt style `name`; None means the model's own (see the class doc)."""
-        if name is not None:
-            check_style_name(name)
-        template = self.chat_template
-        if name == TEMPLATE_STYLE or (name is None and template is not None):
-            if template is None:
-                raise SftkitError(f"prompt style {TEMPLATE_STYLE!r}: {self.source} has no chat "
-                                  f"template; choose {', '.join(sorted(STYLES))}")
-            self.style = TemplateStyle(template.text, template.special_tokens, template.source)
-        else:
-            self.style = get_style(name or self.config.prompt_style)
+        self.style = tokenizer_style(self.tokenizer, name, default=self.config.prompt_style,
+                                     source=self.source)
+
+
+def tokenizer_style(tokenizer: Tokenizer, name: str | None, *, default: str,
+                    source: str) -> PromptStyle:
+    """The prompt style `name` (`"template"`: the tokenizer's own chat template, an error if it
+    has none); None means that template when there is one, else the style `default`.
+
+    Example:
+        >>> from sftkit.tokenizers import gpt2_tokenizer
+        >>> tokenizer_style(gpt2_tokenizer(), None, default="alpaca", source="gpt2").name
+        'alpaca'
+        >>> tokenizer_style(gpt2_tokenizer(), "template", default="alpaca", source="gpt2")
+        Traceback (most recent call last):
+        ...
+        sftkit.errors.SftkitError: prompt style 'template': gpt2 has no chat template; choose ...
+    """
+    if name is not None:
+        check_style_name(name)
+    template = tokenizer.chat_template if isinstance(tokenizer, HFTokenizer) else None
+    if name == TEMPLATE_STYLE or (name is None and template is not None):
+        if template is None:
+            raise SftkitError(f"prompt style {TEMPLATE_STYLE!r}: {source} has no chat "
+                              f"template; choose {', '.join(sorted(STYLES))}")
+        return TemplateStyle(template.text, template.special_tokens, template.source)
+    return get_style(name or default)
 
 
 def load_pretrained(source: str, *, dtype: torch.dtype | str | None = None,

@@ -17,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fields", help="field names of the file, e.g. "
                                          "instruction=prompt,output=completion (default: "
                                          "instruction, input, output)")
-    parser.add_argument("--style", default="alpaca", help="prompt style: alpaca, phi3, chatml")
+    parser.add_argument("--style", default=None,
+                        help="prompt style: template (the model's own chat template), alpaca, "
+                             "phi3, chatml (default: the tokenizer's chat template if it has "
+                             "one, else alpaca)")
     parser.add_argument("--tokenizer", default="gpt2",
                         help="the tokenizer of this model: a preset (default gpt2), a model "
                              "file or directory, a run directory or a Hub id (only its "
@@ -44,14 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sftkit.checkpoints import load_pretrained_tokenizer
+    from sftkit.checkpoints import load_pretrained_tokenizer, tokenizer_style
     from sftkit.data.prepare import prepare_dataset
     from sftkit.tokenizers import TOKENIZERS, load_tokenizer
 
     tokenizer = (load_tokenizer(args.tokenizer) if args.tokenizer in TOKENIZERS
                  else load_pretrained_tokenizer(args.tokenizer))
+    style = tokenizer_style(tokenizer, args.style, default="alpaca", source=args.tokenizer)
     prepare_dataset(
-        args.data, args.out, style=args.style, tokenizer=tokenizer, fields=args.fields,
+        args.data, args.out, style=style, tokenizer=tokenizer, fields=args.fields,
         sha256=args.sha256, train_fraction=args.train_fraction,
         test_fraction=args.test_fraction, seed=args.seed, max_length=args.max_length,
         batch_size=args.batch_size, loss_on=args.loss_on, mask_prompt=args.mask_prompt,
