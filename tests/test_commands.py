@@ -38,6 +38,23 @@ def test_generate_file_writes_the_book_format(tmp_path, tiny_model_dir, capsys):
     assert answered == expected  # the same answers as in-process
 
 
+def test_generate_file_of_conversations_answers_the_last_turn(tmp_path, tiny_model_dir):
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Name a color."},
+                {"role": "assistant", "content": "Red."},
+                {"role": "user", "content": "Another."}, {"role": "assistant", "content": "Blue."}]
+    entries = [{"messages": messages, "task": "color"}]
+    data, out = tmp_path / "chat.jsonl", tmp_path / "responses.json"
+    data.write_text(json.dumps(entries[0]) + "\n")
+    assert main(["generate", "--model", str(tiny_model_dir), "--data", str(data), "--out",
+                 str(out), "--max-new-tokens", "5"]) == 0
+    answered = json.loads(out.read_text())
+    loaded = load_pretrained(str(tiny_model_dir))
+    expected = generate_responses(loaded.model, loaded.tokenizer, loaded.style, entries,
+                                  GenerationConfig(max_new_tokens=5))
+    assert answered == expected and set(answered[0]) == {"messages", "task", "model_response"}
+
+
 def test_generate_prompt_prints_the_in_process_answer(tiny_model_dir, capsys):
     assert main(["generate", "--model", str(tiny_model_dir), "--prompt", "Name a color.",
                  "--max-new-tokens", "12"]) == 0

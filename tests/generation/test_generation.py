@@ -122,3 +122,50 @@ def test_generate_responses_writes_the_book_format(char_tokenizer):
     for entry in answered:
         assert "### Response" not in entry["model_response"]
         assert "Below is an instruction" not in entry["model_response"]
+
+
+CONVERSATION = {"messages": [
+    {"role": "system", "content": "Answer in one word."},
+    {"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Red."},
+    {"role": "user", "content": "Another one."}, {"role": "assistant", "content": "Blue."}],
+    "task": "color"}
+#: A chat template the character tokenizer can encode.
+PLAIN_TEMPLATE = ("{% for m in messages %}{{ m.role.upper() }}: {{ m.content }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+@pytest.mark.parametrize("style_name", ["alpaca", "template"])
+def test_generate_responses_answers_a_conversation_from_its_last_turn(char_tokenizer,
+                                                                      style_name):
+    import dataclasses
+
+    from sftkit.data.templates import TemplateStyle
+
+    style = TemplateStyle(PLAIN_TEMPLATE) if style_name == "template" else get_style(style_name)
+    model = tiny("gpt2", context_length=512)
+    config = GenerationConfig(max_new_tokens=6)
+    answered = generate_responses(model, char_tokenizer, style, [CONVERSATION], config)
+
+    assert answered == [{**CONVERSATION, "model_response": answered[0]["model_response"]}]
+    prompt = style.render(CONVERSATION["messages"][:-1], add_generation_prompt=True)
+    with_stops = dataclasses.replace(config, stop_ids=(char_tokenizer.eos_id,),
+                                     stop_strings=style.stop_strings)
+    ids = generate(model, [char_tokenizer.encode(prompt)], with_stops,
+                   decode=char_tokenizer.decode)[0]
+    expected = style.extract_response(prompt + char_tokenizer.decode(ids), prompt)
+    assert answered[0]["model_response"] == expected
+
+
+def test_generate_responses_renders_the_conversation_before_the_last_answer(char_tokenizer):
+    from sftkit.data.prompts import Alpaca
+
+    rendered = []
+
+    class Recording(Alpaca):
+        def render(self, messages, *, add_generation_prompt=False):
+            rendered.append((list(messages), add_generation_prompt))
+            return super().render(messages, add_generation_prompt=add_generation_prompt)
+
+    generate_responses(tiny("gpt2", context_length=512), char_tokenizer, Recording(),
+                       [CONVERSATION], GenerationConfig(max_new_tokens=2))
+    assert rendered == [(CONVERSATION["messages"][:-1], True)]

@@ -5,7 +5,9 @@
         --out responses.json
 
 With `--data`, the output is the book's responses format: every entry plus a `model_response`
-(the answer cut out of the generated text by the prompt style), written atomically. The prompt
+(the answer cut out of the generated text by the prompt style), written atomically. A
+conversation (OpenAI messages, ShareGPT, prompt/completion) is answered from its last assistant
+turn: the model sees the messages before it. The prompt
 is wrapped in the model's prompt style unless `--style none`.
 """
 

@@ -149,3 +149,46 @@ def record_messages(record: Mapping[str, Any],
     roles = SHAREGPT_ROLES if fmt == SHAREGPT else {role: role for role in ROLES}
     return [{"role": roles[turn[role_field]], "content": turn[text_field]}
             for turn in record[list_field]]
+
+
+def is_conversation(record: Mapping[str, Any]) -> bool:
+    """Whether a record is a chat record (messages, ShareGPT, prompt/completion), not Alpaca.
+
+    >>> is_conversation({"prompt": "2+2?", "completion": "4"}), is_conversation(
+    ...     {"instruction": "Add.", "input": "2+2", "output": "4"})
+    (True, False)
+    """
+    return record_format(record) != ALPACA
+
+
+def split_last_answer(record: Mapping[str, Any],
+                      input_separator: str = DEFAULT_INPUT_SEPARATOR
+                      ) -> tuple[list[dict[str, str]], str]:
+    """A validated record's conversation up to its LAST assistant message (what a model is
+    asked to continue), and that message's content (the reference answer). For an Alpaca
+    record the reference is its `output`.
+
+    >>> so_far, reference = split_last_answer({"messages": [
+    ...     {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+    ...     {"role": "assistant", "content": "4"}, {"role": "user", "content": "Times 3?"},
+    ...     {"role": "assistant", "content": "12"}]})
+    >>> [message["role"] for message in so_far], reference
+    (['system', 'user', 'assistant', 'user'], '12')
+    """
+    messages = record_messages(record, input_separator)
+    answers = [index for index, message in enumerate(messages) if message["role"] == "assistant"]
+    if not answers:
+        raise SftkitError("a record without an assistant message has no answer to compare with")
+    last = answers[-1]
+    return messages[:last], messages[last]["content"]
+
+
+def render_readably(messages: Sequence[Mapping[str, str]]) -> str:
+    """A conversation as plain lines `role: content` (for a judge or a report, not a model).
+
+    >>> print(render_readably([{"role": "user", "content": "2+2?"},
+    ...                        {"role": "assistant", "content": "4"}]))
+    user: 2+2?
+    assistant: 4
+    """
+    return "\n".join(f"{message['role']}: {message['content']}" for message in messages)

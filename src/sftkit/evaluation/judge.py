@@ -4,7 +4,9 @@ No I/O beyond reading a template file; the HTTP calls live in `backends.py`, the
 resume) in `scoring.py`.
 
 The reference prompt (the book's step 7.8) is kept text for text; `{input}` is the entry's
-Alpaca prompt without the response marker (the book's `format_input`).
+Alpaca prompt without the response marker (the book's `format_input`), or for a conversation
+the messages before its last answer, one `role: content` line each; `{output}` is the
+reference answer (`output`, or the conversation's last assistant message).
 
 Parsing is honest about what it accepted: a reply that is only an integer in 0–100 is `strict`;
 a short reply holding exactly one such integer once the scale is set aside ("Score: 85",
@@ -16,6 +18,12 @@ Example:
     ...          "output": "Paris.", "model_response": "Paris"}
     >>> build_prompt(entry).startswith("Given the input `Below is an instruction")
     True
+    >>> print(build_prompt({"messages": [{"role": "user", "content": "2+2?"},
+    ...     {"role": "assistant", "content": "4"}, {"role": "user", "content": "Times 3?"},
+    ...     {"role": "assistant", "content": "12"}], "model_response": "12"})[:80])
+    Given the input `user: 2+2?
+    assistant: 4
+    user: Times 3?` and correct output `12`
     >>> parse_score(" 85\\n"), parse_score("Score: 85/100").how, parse_score("80 or 90").how
     (ParsedScore(score=85, how='strict', reason=None), 'lenient', 'failed')
     >>> summary = summarize_scores([80, 90, 100], failures=1)
@@ -32,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sftkit.errors import SftkitError
+from sftkit.evaluation.metrics import reference_answer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,9 +68,13 @@ ParseHow = Literal["strict", "lenient", "failed"]
 
 def format_input(entry: Mapping[str, Any]) -> str:
     """The entry's Alpaca prompt without the trailing response marker (the book's
-    `format_input`): preamble, `### Instruction:` and, when non-empty, `### Input:`."""
+    `format_input`): preamble, `### Instruction:` and, when non-empty, `### Input:`. A
+    conversation is its messages before the last answer, one `role: content` line each."""
+    from sftkit.data.formats import is_conversation, render_readably, split_last_answer
     from sftkit.data.prompts import Alpaca
 
+    if is_conversation(entry):
+        return render_readably(split_last_answer(entry)[0])
     prompt = Alpaca().format_prompt(entry)
     return prompt[: -len(Alpaca.response_marker)]
 
@@ -107,11 +120,12 @@ def load_template(path: str | Path | None) -> str:
 
 
 def build_prompt(entry: Mapping[str, Any], template: str = REFERENCE_TEMPLATE) -> str:
-    """The judge prompt for one entry (`instruction`, `input`, `output`, `model_response`).
+    """The judge prompt for one entry (`instruction`, `input`, `output`, `model_response`, or a
+    conversation and its `model_response`).
 
     The placeholders are filled in one pass, so an answer containing "{output}" stays as is.
     """
-    values = {"input": format_input(entry), "output": entry["output"],
+    values = {"input": format_input(entry), "output": reference_answer(entry, "the entry"),
               "model_response": entry["model_response"]}
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 

@@ -1,4 +1,5 @@
-"""Objective metrics of model answers against the reference outputs: exact match (after
+"""Objective metrics of model answers against the reference answers (an Alpaca entry's
+`output`, a conversation's last assistant message): exact match (after
 normalisation) and ROUGE-L F1 (the `rouge-score` package, Porter stemming), overall and per
 task family.
 
@@ -25,6 +26,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sftkit.data.formats import chat_problems, is_conversation, record_format, split_last_answer
 from sftkit.errors import SftkitError
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation + "“”‘’")
@@ -61,17 +63,42 @@ def _aggregate(rows: Sequence[tuple[bool, float]]) -> dict[str, float]:
     }
 
 
+def reference_answer(entry: Mapping[str, Any], where: str) -> str:
+    """The answer an entry's model response is compared with: an Alpaca entry's `output`, a
+    conversation's last assistant message; a malformed entry is an error naming `where`.
+
+    Example:
+        >>> reference_answer({"conversations": [{"from": "human", "value": "Hi"},
+        ...                                     {"from": "gpt", "value": "Hello."}]}, "entry 0")
+        'Hello.'
+        >>> reference_answer({"messages": []}, "entry 3")
+        Traceback (most recent call last):
+        ...
+        sftkit.errors.SftkitError: entry 3: field 'messages' must be a non-empty list of messages
+    """
+    if not is_conversation(entry):
+        if not isinstance(entry.get("output"), str):
+            raise SftkitError(f"{where}: field 'output' is missing or not a string")
+        return str(entry["output"])
+    problems = chat_problems(entry, record_format(entry), where)
+    if problems:
+        raise SftkitError("; ".join(problems))
+    return split_last_answer(entry)[1]
+
+
 def score_responses(entries: Sequence[Mapping[str, Any]],
                     response_field: str = "model_response") -> dict[str, Any]:
-    """Per-entry and aggregated metrics; entries need `output` and `response_field`."""
+    """Per-entry and aggregated metrics; entries need a reference answer (`output`, or a
+    conversation ending with the assistant's) and `response_field`."""
     per_entry = []
     for index, entry in enumerate(entries):
-        for field in ("output", response_field):
-            if not isinstance(entry.get(field), str):
-                raise SftkitError(f"entry {index}: field {field!r} is missing or not a string")
-        match = exact_match(entry["output"], entry[response_field])
-        per_entry.append((entry.get("task"), match, rouge_l(entry["output"],
-                                                            entry[response_field])))
+        reference = reference_answer(entry, f"entry {index}")
+        if not isinstance(entry.get(response_field), str):
+            raise SftkitError(f"entry {index}: field {response_field!r} is missing or not a "
+                              "string")
+        response = entry[response_field]
+        per_entry.append((entry.get("task"), exact_match(reference, response),
+                          rouge_l(reference, response)))
     if not per_entry:
         raise SftkitError("no entries to score")
     by_task: dict[str, list[tuple[bool, float]]] = {}

@@ -31,7 +31,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sftkit.evaluation.metrics import rouge_l
+from sftkit.data.formats import is_conversation
+from sftkit.errors import SftkitError
+from sftkit.evaluation.judge import format_input
+from sftkit.evaluation.metrics import reference_answer, rouge_l
 from sftkit.evaluation.scoring import entry_key
 
 SHOWN_ANSWERS = 5
@@ -290,10 +293,18 @@ def _judge_ranking(entries: list[Any], summary: dict[str, Any] | None,
 
 
 def _rouge_ranking(entries: list[Any]) -> list[tuple[int, float]]:
-    return [(index, round(rouge_l(entry["output"], entry["model_response"]), 3))
+    return [(index, round(rouge_l(reference, entry["model_response"]), 3))
             for index, entry in enumerate(entries)
-            if isinstance(entry, dict) and isinstance(entry.get("output"), str)
-            and isinstance(entry.get("model_response"), str)]
+            if isinstance(entry, dict) and isinstance(entry.get("model_response"), str)
+            and (reference := _reference(entry)) is not None]
+
+
+def _reference(entry: Mapping[str, Any]) -> str | None:
+    """The entry's reference answer, or None for a malformed entry (the report still goes on)."""
+    try:
+        return reference_answer(entry, "entry")
+    except SftkitError:
+        return None
 
 
 def _quote(text: str) -> str:
@@ -301,10 +312,13 @@ def _quote(text: str) -> str:
 
 
 def _answer(entry: Mapping[str, Any], index: int, score: float) -> str:
-    parts = [f"**Entry {index}** — score {score:g}\n", "Instruction:\n",
-             _quote(entry.get("instruction", "")) + "\n"]
-    if entry.get("input"):
-        parts += ["Input:\n", _quote(entry["input"]) + "\n"]
-    parts += ["Reference:\n", _quote(entry.get("output", "")) + "\n",
+    parts = [f"**Entry {index}** — score {score:g}\n"]
+    if is_conversation(entry):
+        parts += ["Conversation:\n", _quote(format_input(entry)) + "\n"]
+    else:
+        parts += ["Instruction:\n", _quote(entry.get("instruction", "")) + "\n"]
+        if entry.get("input"):
+            parts += ["Input:\n", _quote(entry["input"]) + "\n"]
+    parts += ["Reference:\n", _quote(_reference(entry) or "") + "\n",
               "Model response:\n", _quote(entry.get("model_response", "")) + "\n"]
     return "\n".join(parts)

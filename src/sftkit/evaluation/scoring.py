@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.config import EvaluateConfig
+from sftkit.data.formats import is_conversation, render_readably, split_last_answer
 from sftkit.errors import SftkitError
 from sftkit.evaluation.backends import (
     DEFAULT_JUDGE_MODEL,
@@ -53,6 +54,7 @@ from sftkit.evaluation.judge import (
     parse_score,
     summarize_scores,
 )
+from sftkit.evaluation.metrics import reference_answer
 from sftkit.io import atomic_path
 
 RETRY_BACKOFF_S = 1.0
@@ -79,7 +81,9 @@ class JudgeTarget:
 
 def load_responses(path: str | Path) -> list[dict[str, Any]]:
     """The book's responses format: a JSON list of entries with string `instruction`,
-    `output`, `model_response` and (optional) `input`."""
+    `output`, `model_response` and (optional) `input`; or of conversations (OpenAI messages,
+    ShareGPT, prompt/completion) ending with the reference answer, each with a string
+    `model_response`."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -94,7 +98,9 @@ def load_responses(path: str | Path) -> list[dict[str, Any]]:
     for index, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise SftkitError(f"{path}: entry {index} is not an object")
-        for field in RESPONSE_FIELDS:
+        if is_conversation(entry):
+            reference_answer(entry, f"{path}: entry {index}")
+        for field in ("model_response",) if is_conversation(entry) else RESPONSE_FIELDS:
             if not isinstance(entry.get(field), str):
                 raise SftkitError(f"{path}: entry {index}: field {field!r} is missing or not a "
                                   "string (a responses file holds each entry plus its "
@@ -106,9 +112,12 @@ def load_responses(path: str | Path) -> list[dict[str, Any]]:
 
 def entry_key(entry: Mapping[str, Any]) -> str:
     """A short fingerprint of what the judge sees, so stale scores are never reused."""
-    text = json.dumps([entry.get(field, "") for field in
-                       ("instruction", "input", "output", "model_response")],
-                      ensure_ascii=False)
+    if is_conversation(entry):
+        seen: list[Any] = [*split_last_answer(entry), entry.get("model_response", "")]
+    else:
+        seen = [entry.get(field, "") for field in
+                ("instruction", "input", "output", "model_response")]
+    text = json.dumps(seen, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -398,11 +407,19 @@ def check_same_entries(first: JudgeTarget, second: JudgeTarget) -> None:
                           f"{second.responses} has {len(b)}; a paired comparison needs the "
                           "same test entries")
     for index, (x, y) in enumerate(zip(a, b)):
-        if (x["instruction"], x.get("input", "")) != (y["instruction"], y.get("input", "")):
+        if _question(x) != _question(y):
             raise SftkitError(
-                f"--compare: entry {index} differs: {x['instruction'][:60]!r} in "
-                f"{first.responses} vs {y['instruction'][:60]!r} in {second.responses}; a "
+                f"--compare: entry {index} differs: {_question(x)[-1][:60]!r} in "
+                f"{first.responses} vs {_question(y)[-1][:60]!r} in {second.responses}; a "
                 "paired comparison needs the same entries in the same order")
+
+
+def _question(entry: Mapping[str, Any]) -> tuple[str, ...]:
+    """What an entry asks: an Alpaca entry's input and instruction, a conversation's messages
+    before its last answer (the last item is the one to name in a message)."""
+    if is_conversation(entry):
+        return tuple(render_readably([message]) for message in split_last_answer(entry)[0])
+    return (entry.get("input", ""), entry["instruction"])
 
 
 def compare_results(first: TargetResult, second: TargetResult) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Answers for a list of entries, in the book's responses format."""
+"""Answers for a list of entries, in the book's responses format: each entry in its own shape
+plus a `model_response`. An Alpaca entry is asked with the style's `format_prompt` (the book's
+text); a conversation (messages, ShareGPT, prompt/completion) is asked to continue from its last
+assistant message, `style.render(conversation_so_far, add_generation_prompt=True)`."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from sftkit.data.formats import is_conversation, split_last_answer
 from sftkit.data.prompts import PromptStyle
 from sftkit.generation.engine import GenerationConfig, generate
 from sftkit.models import Model
@@ -33,7 +37,7 @@ def generate_responses(model: Model, tokenizer: Tokenizer, style: PromptStyle,
         >>> sorted(answered[0]), isinstance(answered[0]["model_response"], str)
         (['input', 'instruction', 'model_response', 'output'], True)
     """
-    prompts = [style.format_prompt(entry) for entry in entries]
+    prompts = [generation_prompt(style, entry) for entry in entries]
     config = dataclasses.replace(
         config,
         stop_ids=tuple(dict.fromkeys((*config.stop_ids, tokenizer.eos_id))),
@@ -45,3 +49,18 @@ def generate_responses(model: Model, tokenizer: Tokenizer, style: PromptStyle,
                                                            prompt)}
         for entry, prompt, ids in zip(entries, prompts, outputs)
     ]
+
+
+def generation_prompt(style: PromptStyle, entry: Mapping[str, Any]) -> str:
+    """What the model is asked: an Alpaca entry's prompt, or a conversation up to its last
+    assistant message, ending where that answer starts.
+
+    Example:
+        >>> from sftkit.data.prompts import get_style
+        >>> generation_prompt(get_style("chatml"), {"prompt": "Hi", "completion": "Hello."})
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    if not is_conversation(entry):
+        return style.format_prompt(entry)
+    conversation, _ = split_last_answer(entry, style.input_separator)
+    return style.render(conversation, add_generation_prompt=True)
