@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -18,13 +19,35 @@ from sftkit.data.embedded import (
     generator,
     load_embedded_records,
 )
-from sftkit.data.embedded.generator import build_records, render, verify
+from sftkit.data.embedded.generator import (
+    MULTI_TURN_SIZES,
+    build_records,
+    render,
+    turn_entries,
+    verify,
+    verify_record,
+)
 from sftkit.errors import SftkitError
 
 
 @pytest.fixture(scope="module")
-def records() -> list[dict[str, str]]:
+def records() -> list[dict[str, Any]]:
     return load_embedded_records()
+
+
+@pytest.fixture(scope="module")
+def entries(records) -> list[dict[str, str]]:
+    """Every assistant turn as the single-turn entry its verifier checks."""
+    return [entry for record in records for entry in turn_entries(record) or []]
+
+
+@pytest.fixture(scope="module")
+def single_entries(records) -> list[dict[str, str]]:
+    return [turn_entries(record)[0] for record in records if len(record["messages"]) == 2]
+
+
+def _is_multi_turn(record: dict[str, Any]) -> bool:
+    return len(record["messages"]) > 2
 
 
 def test_shipped_file_equals_a_fresh_generation():
@@ -53,7 +76,7 @@ def test_check_flag_passes_on_shipped_file_and_fails_on_a_stale_one(tmp_path, ca
 
 
 def test_size_and_families(records):
-    assert len(records) >= 1100
+    assert len(records) == 1870
     counts = Counter(record["task"] for record in records)
     assert set(counts) == set(TASK_FAMILIES)
     assert len(TASK_FAMILIES) >= 12
@@ -61,47 +84,148 @@ def test_size_and_families(records):
     assert EMBEDDED_DATA_FILE.stat().st_size < 1_000_000
 
 
-def test_schema(records):
+def test_schema(records, entries):
     for index, record in enumerate(records):
         assert list(record) == list(RECORD_FIELDS), index
-        assert all(isinstance(record[field], str) for field in RECORD_FIELDS), index
-        assert record["instruction"].strip() == record["instruction"] != "", index
-        assert record["input"].strip() == record["input"], index
-        assert record["output"][0].isupper() or record["output"][0].isdigit(), index
-        assert record["output"].endswith("."), index
+        roles = [message["role"] for message in record["messages"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2), index
+        assert 1 <= len(roles) // 2 <= 3, index
+        for message in record["messages"]:
+            assert list(message) == ["role", "content"], index
+            assert message["content"].strip() == message["content"] != "", index
+    for entry in entries:
+        assert entry["output"][0].isupper() or entry["output"][0].isdigit(), entry
+        assert entry["output"].endswith("."), entry
 
 
-def test_both_input_forms_in_most_families(records):
-    forms = {(record["task"], record["input"] == "") for record in records}
+def test_single_turn_training_text_is_that_of_the_alpaca_entry(records):
+    from sftkit.data.templates import TemplateStyle
+
+    style = TemplateStyle("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>"
+                          "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    singles = [record for record in records if not _is_multi_turn(record)]
+    with_input = [record for record in singles if "\n\n" in record["messages"][0]["content"]]
+    assert len(with_input) > 100
+    for record in singles[:100] + with_input[:100]:
+        entry = turn_entries(record)[0]
+        assert generator.user_turn(entry) == record["messages"][0]["content"]
+        assert style.format_example(entry) == style.render(record["messages"])
+
+
+def test_both_input_forms_in_most_families(single_entries):
+    forms = {(entry["task"], entry["input"] == "") for entry in single_entries}
     with_both = [family for family in TASK_FAMILIES
                  if (family, True) in forms and (family, False) in forms]
     assert len(with_both) >= 12
 
 
-def test_every_entry_passes_its_verifier(records):
-    failures = [index for index, record in enumerate(records) if not verify(record)]
-    assert failures == []
+def test_every_answer_passes_its_verifier(records, entries):
+    assert [index for index, record in enumerate(records) if not verify_record(record)] == []
+    assert [entry for entry in entries if not verify(entry)] == []
+    assert len(entries) == sum(len(record["messages"]) // 2 for record in records)
 
 
 def test_no_duplicate_questions(records):
-    questions = Counter((record["instruction"], record["input"]) for record in records)
+    questions = Counter(tuple(message["content"] for message in record["messages"][::2])
+                        for record in records)
     assert [question for question, n in questions.items() if n > 1] == []
+
+
+def test_multi_turn_share_and_families(records):
+    multi = [record for record in records if _is_multi_turn(record)]
+    assert 0.13 <= len(multi) / len(records) <= 0.17
+    counts = Counter(record["task"] for record in multi)
+    assert counts == MULTI_TURN_SIZES
+    assert len(counts) >= 6
+    turns = Counter(len(record["messages"]) // 2 for record in multi)
+    assert set(turns) == {2, 3}
+    for family in counts:  # every family has conversations of 2 and of 3 user turns
+        assert {len(r["messages"]) // 2 for r in multi if r["task"] == family} == {2, 3}, family
+
+
+# Hand-written conversations: each follow-up only makes sense with the turn before it.
+CONVERSATIONS = [
+    ("unit_conversion", ["Convert 3 km to meters.", "3 kilometers is 3000 meters."], False),
+    ("unit_conversion", ["Convert 3 kilometers to meters.", "3 kilometers is 3000 meters.",
+                         "And to centimeters?", "3 kilometers is 300000 centimeters."], True),
+    ("unit_conversion", ["Convert 3 kilometers to meters.", "3 kilometers is 3000 meters.",
+                         "And to centimeters?", "3 kilometers is 30000 centimeters."], False),
+    ("unit_conversion", ["Convert 3 kilometers to meters.", "3 kilometers is 3000 meters.",
+                         "And to centimeters?", "3000 meters is 300000 centimeters."], False),
+    ("plural", ["What is the plural of 'mouse'?", "The plural form of 'mouse' is 'mice'.",
+                "And of 'goose'?", "The plural form of 'goose' is 'geese'."], True),
+    ("plural", ["What is the plural of 'mouse'?", "The plural form of 'mouse' is 'mice'.",
+                "And of 'goose'?", "The plural form of 'goose' is 'gooses'."], False),
+    ("plural", ["What is the singular form of 'mice'?", "The singular form of 'mice' is 'mouse'.",
+                "And of 'geese'?", "The singular form of 'geese' is 'goose'."], True),
+    ("plural", ["What is the singular form of 'mice'?", "The singular form of 'mice' is 'mouse'.",
+                "And of 'geese'?", "The plural form of 'goose' is 'geese'."], False),
+    ("arithmetic", ["What is 12 plus 7?", "12 plus 7 is 19.", "And that times 3?",
+                    "19 multiplied by 3 is 57.", "Now subtract 50 from the result.",
+                    "57 minus 50 is 7."], True),
+    ("arithmetic", ["What is 12 plus 7?", "12 plus 7 is 19.", "And that times 3?",
+                    "12 multiplied by 3 is 36."], False),
+    ("sorting", ["Sort the following numbers from smallest to largest.\n\n5, 3, 9",
+                 "From smallest to largest: 3, 5, 9.", "Now sort them in the opposite order.",
+                 "From largest to smallest: 9, 5, 3.", "Add 4 to the list and sort it again.",
+                 "From largest to smallest: 9, 5, 4, 3."], True),
+    ("sorting", ["Sort the following numbers from smallest to largest.\n\n5, 3, 9",
+                 "From smallest to largest: 3, 5, 9.", "Now sort them in the opposite order.",
+                 "From smallest to largest: 3, 5, 9."], False),
+    ("sorting", ["Sort the following words in alphabetical order.\n\npear, apple",
+                 "In alphabetical order: apple, pear.", "Now sort them in the opposite order.",
+                 "In alphabetical order: pear, apple."], False),
+    ("counting", ["How many letters are in the word 'garden'?", "The word 'garden' has 6 letters.",
+                  "And how many vowels does it have?", "The word 'garden' has 2 vowels."], True),
+    ("counting", ["How many letters are in the word 'garden'?", "The word 'garden' has 6 letters.",
+                  "And how many vowels does it have?", "The word 'carrot' has 2 vowels."], False),
+    ("capital", ["What is the capital of France?", "The capital of France is Paris.",
+                 "And of Germany?", "The capital of Germany is Berlin."], True),
+    ("capital", ["Paris is the capital of which country?", "Paris is the capital of France.",
+                 "And of Germany?", "The capital of Germany is Berlin."], False),
+    ("parity", ["Is 4 even or odd?", "4 is an even number.", "And 5?", "5 is an odd number."],
+     False),
+]
+
+
+@pytest.mark.parametrize(("task", "turns", "ok"), CONVERSATIONS)
+def test_verify_record_on_hand_written_conversations(task, turns, ok):
+    roles = ["user", "assistant"] * (len(turns) // 2)
+    record = {"messages": [{"role": role, "content": text} for role, text in zip(roles, turns,
+                                                                                 strict=True)],
+              "task": task}
+    assert verify_record(record) is ok
+
+
+def test_verify_record_rejects_other_shapes():
+    turn = [{"role": "user", "content": "Is 4 even or odd?"},
+            {"role": "assistant", "content": "4 is an even number."}]
+    assert verify_record({"messages": turn, "task": "parity"})
+    assert not verify_record({"messages": turn[::-1], "task": "parity"})
+    assert not verify_record({"messages": [{"role": "system", "content": "Hi."}, *turn],
+                              "task": "parity"})
+    assert not verify_record({"messages": turn[:1], "task": "parity"})
 
 
 def test_every_family_has_its_share_of_every_split(records):
     total = len(records)
     train_end = int(total * 0.85)
     test_end = train_end + int(total * 0.10)
-    family_sizes = Counter(record["task"] for record in records)
+    assert (train_end, test_end - train_end, total - test_end) == (1589, 187, 94)
     splits = {
         "train": (records[:train_end], 0.85),
         "test": (records[train_end:test_end], 0.10),
         "validation": (records[test_end:], 0.05),
     }
-    for name, (part, share) in splits.items():
-        counts = Counter(record["task"] for record in part)
-        for family, size in family_sizes.items():
-            assert abs(counts[family] - size * share) <= 2, (name, family, counts[family])
+    for multi_turn in (False, True):
+        part_of = [record for record in records if _is_multi_turn(record) == multi_turn]
+        family_sizes = Counter(record["task"] for record in part_of)
+        for name, (part, share) in splits.items():
+            counts = Counter(record["task"] for record in part
+                             if _is_multi_turn(record) == multi_turn)
+            for family, size in family_sizes.items():
+                assert counts[family] >= 1, (name, family, multi_turn)
+                assert abs(counts[family] - size * share) <= 2, (name, family, counts[family])
     tail = Counter(record["task"] for record in records[int(total * 0.95):])
     middle = Counter(record["task"] for record in records[int(total * 0.85):int(total * 0.95)])
     for family in TASK_FAMILIES:
@@ -194,8 +318,8 @@ def test_verifier_on_hand_written_cases(task, instruction, input_text, output, o
 
 
 @pytest.mark.parametrize("family", TASK_FAMILIES)
-def test_verifier_rejects_another_questions_answer(records, family):
-    entries = [record for record in records if record["task"] == family]
+def test_verifier_rejects_another_questions_answer(single_entries, family):
+    entries = [entry for entry in single_entries if entry["task"] == family]
     swapped = [
         {**entry, "output": other["output"]}
         for entry, other in zip(entries, entries[1:] + entries[:1], strict=True)
@@ -206,8 +330,8 @@ def test_verifier_rejects_another_questions_answer(records, family):
 
 
 @pytest.mark.parametrize("family", TASK_FAMILIES)
-def test_verifier_rejects_a_corrupted_output(records, family):
-    entry = next(record for record in records if record["task"] == family)
+def test_verifier_rejects_a_corrupted_output(entries, family):
+    entry = next(entry for entry in entries if entry["task"] == family)
     digits = [char for char in entry["output"] if char.isdigit()]
     if digits:
         wrong = str((int(digits[-1]) + 1) % 10)
@@ -236,11 +360,18 @@ def test_tables_are_consistent():
 
 
 def test_loader_names_the_record_and_field_at_fault(tmp_path, monkeypatch):
+    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+            "task": "parity"}
     bad = tmp_path / "instructions.json"
-    bad.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b", "task": "t"},
-                               {"instruction": "a", "input": 3, "output": "b", "task": "t"}]))
     monkeypatch.setattr(embedded, "EMBEDDED_DATA_FILE", bad)
-    with pytest.raises(SftkitError, match=r"record 1: field 'input'"):
+    bad.write_text(json.dumps([good, {**good, "messages": [{"role": "user", "content": 3}]}]))
+    with pytest.raises(SftkitError, match=r"record 1: .*content"):
+        load_embedded_records()
+    bad.write_text(json.dumps([good, {**good, "task": "poetry"}]))
+    with pytest.raises(SftkitError, match=r"record 1: field 'task': 'poetry'"):
+        load_embedded_records()
+    bad.write_text(json.dumps([good, {**good, "source": "x"}]))
+    with pytest.raises(SftkitError, match=r"record 1: expected the fields"):
         load_embedded_records()
 
 

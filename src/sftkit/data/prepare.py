@@ -64,7 +64,7 @@ def prepare_dataset(
         >>> out = f"{tempfile.mkdtemp()}/data"
         >>> summary = prepare_dataset("embedded", out, verbose=False)
         >>> summary["splits"], summary["over_max_length"]
-        ({'train': 1351, 'val': 80, 'test': 159}, 0)
+        ({'train': 1589, 'val': 94, 'test': 187}, 0)
         >>> sorted(path.name for path in Path(out).iterdir())
         ['summary.json', 'test.json', 'train.json', 'val.json']
     """

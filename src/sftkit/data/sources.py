@@ -10,8 +10,8 @@ else `~/.cache/sftkit`); an expected sha256 may be given and is then checked on 
 
 Example:
     >>> records = load_source("embedded")
-    >>> sorted(records[0])[:3]
-    ['input', 'instruction', 'output']
+    >>> sorted(records[0])
+    ['messages', 'task']
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """The embedded default instruction dataset, shipped inside the package.
 
-`instructions.json` holds about 1,600 short instruction/response pairs in 17 task
-families (unit conversion, arithmetic, spelling, synonyms, capitals, ...), written for sftkit
-in the spirit of chapter 7 of "Build a Large Language Model (From Scratch)", e.g.
-"Convert 45 kilometers to meters." -> "45 kilometers is 45000 meters.". Every record is
-`{"instruction", "input", "output", "task"}`; `input` may be empty. Every answer is checked
-by a per-family verifier, and the records are ordered so that each family has its share of
-the first 85 % (train), the next 10 % (test) and the rest (validation).
+`instructions.json` holds 1,870 short chat records in 17 task families (unit conversion,
+arithmetic, spelling, synonyms, capitals, ...), written for sftkit in the spirit of chapter 7
+of "Build a Large Language Model (From Scratch)". Every record is an OpenAI-messages
+conversation with its family, `{"messages": [{"role": "user", ...}, {"role": "assistant",
+...}, ...], "task": ...}`. Most are single-turn ("Convert 45 kilometers to meters." -> "45
+kilometers is 45000 meters."; a separate input follows the instruction after a blank line, as
+the Alpaca prompt puts it); about 15 % are multi-turn, with follow-ups that depend on the turn
+before ("And to centimeters?"). Every answer is checked by a per-family verifier, and the
+records are ordered so that each family, and its multi-turn part, has its share of the first
+85 % (train), the next 10 % (test) and the rest (validation).
 
 The file is generated, never edited by hand. To regenerate it, or to check that the shipped
 copy is current:
@@ -16,14 +19,19 @@ copy is current:
 
 Example:
     >>> records = load_embedded_records()
-    >>> sorted(records[0])
-    ['input', 'instruction', 'output', 'task']
+    >>> len(records), sorted(records[0])
+    (1870, ['messages', 'task'])
+    >>> [message["role"] for message in records[0]["messages"]]
+    ['user', 'assistant']
 """
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+from sftkit.errors import SftkitError
 
 __all__ = ["EMBEDDED_DATA_FILE", "RECORD_FIELDS", "TASK_FAMILIES", "load_embedded_records"]
 
@@ -47,15 +55,25 @@ TASK_FAMILIES: tuple[str, ...] = (
     "odd_one_out",
 )
 
-RECORD_FIELDS: tuple[str, ...] = ("instruction", "input", "output", "task")
+RECORD_FIELDS: tuple[str, ...] = ("messages", "task")
 
 # The package is installed from a directory (editable or wheel), so the resource is a real
 # file on disk and can be handed around as a plain path.
 EMBEDDED_DATA_FILE: Path = Path(str(resources.files(__name__).joinpath("instructions.json")))
 
 
-def load_embedded_records() -> list[dict[str, str]]:
-    """Read and validate the shipped dataset (`{"instruction", "input", "output", "task"}`)."""
+def load_embedded_records() -> list[dict[str, Any]]:
+    """Read and validate the shipped dataset: OpenAI-messages records, each with its `task`
+    (one of TASK_FAMILIES) and nothing else."""
     from sftkit.data.records import load_records
 
-    return load_records(EMBEDDED_DATA_FILE)
+    records = load_records(EMBEDDED_DATA_FILE)
+    for index, record in enumerate(records):
+        where = f"{EMBEDDED_DATA_FILE}: record {index}"
+        if sorted(record) != sorted(RECORD_FIELDS):
+            raise SftkitError(f"{where}: expected the fields {list(RECORD_FIELDS)}, got "
+                              f"{sorted(record)}")
+        if record["task"] not in TASK_FAMILIES:
+            raise SftkitError(f"{where}: field 'task': {record['task']!r} is not one of "
+                              f"{TASK_FAMILIES}")
+    return records

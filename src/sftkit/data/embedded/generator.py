@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sftkit.data.embedded import TASK_FAMILIES
 from sftkit.io import write_text_atomic
@@ -1391,6 +1391,292 @@ def verify(entry: Entry) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Conversations: single-turn records, and multi-turn ones whose follow-ups lean on the turn
+# before ("And to centimeters?"). A follow-up is checked by resolving it, with what the
+# previous answer says, into the self-contained question the family's verifier expects.
+# --------------------------------------------------------------------------------------------
+
+Message = dict[str, str]
+Conversation = dict[str, Any]  # {"messages": [Message, ...], "task": family}
+FollowUp = tuple[str, Template]  # (what the user says, the question it stands for)
+
+#: How many multi-turn conversations each family gets (every other family has none).
+MULTI_TURN_SIZES: dict[str, int] = {
+    "unit_conversion": 35, "arithmetic": 35, "plural": 35, "antonym": 35, "past_tense": 35,
+    "counting": 35, "sorting": 35, "capital": 35,
+}
+
+#: What a follow-up takes from the previous answer: named groups of a full match.
+CARRIED: dict[str, str] = {
+    "unit_conversion": r"(?P<quantity>.+?) is .+\.",
+    "arithmetic": r".* is (?P<a>\d+)\.",
+    "plural": r"The (?P<form>plural|singular) form of .+\.",
+    "antonym": r"The antonym of .+\.",
+    "past_tense": r"The past tense of .+\.",
+    "capital": r"The capital of .+\.",
+    "counting": r".*[Tt]he word '(?P<word>[a-z]+)'.*\.",
+    "sorting": r"(?P<order>In alphabetical order|From smallest to largest|From largest to"
+               r" smallest): (?P<items>.+)\.",
+}
+#: The sorting questions a follow-up stands for, by the previous answer's order.
+SORT_AGAIN: dict[str, dict[str, str]] = {
+    "In alphabetical order": {"sort": "Sort the following words in alphabetical order."},
+    "From smallest to largest": {"sort": "Sort the following numbers from smallest to largest.",
+                                 "reverse": "Sort the following numbers from largest to"
+                                            " smallest."},
+    "From largest to smallest": {"sort": "Sort the following numbers from largest to smallest.",
+                                 "reverse": "Sort the following numbers from smallest to"
+                                            " largest."},
+}
+FOLLOW_UPS: dict[str, tuple[FollowUp, ...]] = {
+    "unit_conversion": (("And to {target}?", ("Convert {quantity} to {target}.", "")),
+                        ("What is that in {target}?", ("Convert {quantity} to {target}.", ""))),
+    "arithmetic": (("Now add {b} to that.", ("What is {a} plus {b}?", "")),
+                   ("And that times {b}?", ("What is {a} times {b}?", "")),
+                   ("Now subtract {b} from the result.", ("Subtract {b} from {a}.", ""))),
+    "plural": (("And of '{word}'?", ("What is the {form} form of '{word}'?", "")),),
+    "antonym": (("And of '{word}'?", ("What is the antonym of '{word}'?", "")),),
+    "past_tense": (("And of '{word}'?", ("What is the past tense of '{word}'?", "")),),
+    "capital": (("And of {country}?", ("What is the capital of {country}?", "")),),
+    "counting": (("And how many letters does it have?",
+                  ("How many letters are in the word '{word}'?", "")),
+                 ("And how many vowels does it have?",
+                  ("How many vowels (a, e, i, o, u) are in the word '{word}'?", "")),
+                 ("How many times does the letter '{letter}' appear in it?",
+                  ("How many times does the letter '{letter}' appear in the word '{word}'?", ""))),
+    "sorting": (("Now sort them in the opposite order.", ("{reverse}", "{items}")),
+                ("Add {item} to the list and sort it again.", ("{sort}", "{items}, {item}"))),
+}
+
+
+def user_turn(entry: Entry) -> str:
+    """A single-turn entry's user message, built as TemplateStyle.format_prompt builds it."""
+    return entry["instruction"] + (f"\n\n{entry['input']}" if entry["input"] else "")
+
+
+def _said_pattern(said: str) -> str:
+    """A follow-up's text as a regex, each `{field}` a named group."""
+    return re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>.+?)", re.escape(said))
+
+
+def resolve_follow_up(task: str, previous: Entry, said: str) -> Entry | None:
+    """The self-contained question `said` stands for after `previous` (answered), or None.
+
+    Example:
+        >>> resolve_follow_up("unit_conversion", {"instruction": "Convert 3 kilometers to"
+        ...     " meters.", "input": "", "output": "3 kilometers is 3000 meters.",
+        ...     "task": "unit_conversion"}, "And to centimeters?")["instruction"]
+        'Convert 3 kilometers to centimeters.'
+    """
+    carried = re.fullmatch(CARRIED.get(task, "(?!)"), previous["output"])
+    if carried is None:
+        return None
+    fields = {**carried.groupdict(), **SORT_AGAIN.get(carried.groupdict().get("order", ""), {})}
+    for pattern, (instruction, input_text) in FOLLOW_UPS[task]:
+        match = re.fullmatch(_said_pattern(pattern), said)
+        if match:
+            values = {**fields, **match.groupdict()}
+            try:
+                return {"instruction": instruction.format(**values),
+                        "input": input_text.format(**values), "output": "", "task": task}
+            except KeyError:
+                return None
+    return None
+
+
+def turn_entries(record: Conversation) -> list[Entry] | None:
+    """Each assistant turn of `record` as the entry its verifier expects, or None if the
+    record is not user/assistant turns or a follow-up cannot be resolved."""
+    messages, task = record["messages"], record["task"]
+    roles = [message["role"] for message in messages]
+    if not messages or roles != ["user", "assistant"] * (len(messages) // 2):
+        return None
+    said, answers = [m["content"] for m in messages[::2]], [m["content"] for m in messages[1::2]]
+    instruction, _, input_text = said[0].partition("\n\n")
+    entries = [{"instruction": instruction, "input": input_text, "output": answers[0],
+                "task": task}]
+    for text, answer in zip(said[1:], answers[1:], strict=True):
+        resolved = resolve_follow_up(task, entries[-1], text)
+        if resolved is None:
+            return None
+        entries.append({**resolved, "output": answer})
+    return entries
+
+
+def verify_record(record: Conversation) -> bool:
+    """True if every assistant answer of a conversation record is right (see `verify`).
+
+    Example:
+        >>> verify_record({"task": "plural", "messages": [
+        ...     {"role": "user", "content": "What is the plural of 'mouse'?"},
+        ...     {"role": "assistant", "content": "The plural form of 'mouse' is 'mice'."},
+        ...     {"role": "user", "content": "And of 'goose'?"},
+        ...     {"role": "assistant", "content": "The plural form of 'goose' is 'geese'."}]})
+        True
+    """
+    entries = turn_entries(record)
+    return entries is not None and all(verify(entry) for entry in entries)
+
+
+def single_turn(entry: Entry) -> Conversation:
+    return {"messages": [{"role": "user", "content": user_turn(entry)},
+                         {"role": "assistant", "content": entry["output"]}],
+            "task": entry["task"]}
+
+
+def _conversion_factors() -> dict[tuple[str, str], Fraction]:
+    """CONVERSIONS, plus every conversion made of two of them (kilometer -> centimeter)."""
+    factors = {(source, target): factor for source, target, factor in CONVERSIONS}
+    for (source, middle), first in list(factors.items()):
+        for (start, target), second in list(factors.items()):
+            if start == middle and target != source:
+                factors.setdefault((source, target), first * second)
+    return factors
+
+
+def _next_unit_conversion(rng: random.Random, previous: Entry, used: str) -> tuple[str, str] | None:
+    quantity = previous["output"].split(" is ")[0]
+    value_text, unit_text = quantity.split(" ", 1)
+    value = Fraction(value_text)
+    source = _parse_unit(unit_text, value)
+    options = [(target, value * factor) for (start, target), factor in _conversion_factors().items()
+               if start == source and (value * factor * 100).denominator == 1
+               and value * factor < 10**7 and f" {_unit_name(target, Fraction(2))}" not in used]
+    if not options:
+        return None
+    target, result = rng.choice(options)
+    said, _ = rng.choice(FOLLOW_UPS["unit_conversion"])
+    return (said.format(target=_unit_name(target, Fraction(2))),
+            f"{quantity} is {_num(result)} {_unit_name(target, result)}.")
+
+
+def _next_arithmetic(rng: random.Random, previous: Entry, used: str) -> tuple[str, str] | None:
+    a = int(re.findall(r"\d+", previous["output"])[-1])
+    add, times, subtract = (said for said, _ in FOLLOW_UPS["arithmetic"])
+    choices = [(add, "plus", rng.randint(2, 99))]
+    if a <= 200:
+        choices.append((times, "multiplied by", rng.randint(2, 9)))
+    if a > 2:
+        choices.append((subtract, "minus", rng.randint(1, a - 1)))
+    said, word, b = rng.choice(choices)
+    result = {"plus": a + b, "multiplied by": a * b, "minus": a - b}[word]
+    return said.format(b=b), f"{a} {word} {b} is {result}."
+
+
+def _lookup_follow_up(table: Callable[[Entry], dict[str, str]], answer: str
+                      ) -> Callable[[random.Random, Entry, str], tuple[str, str] | None]:
+    """A follow-up maker asking the same question (`table` of the previous turn) of a new
+    word; `answer` is the output pattern."""
+    def make(rng: random.Random, previous: Entry, used: str) -> tuple[str, str] | None:
+        lookup = table(previous)
+        words = [word for word in sorted(lookup) if f"'{word}'" not in used]
+        if not words:
+            return None
+        word = rng.choice(words)
+        form = "singular" if "singular" in previous["output"] else "plural"
+        return f"And of '{word}'?", answer.format(word=word, answer=lookup[word], form=form)
+
+    return make
+
+
+def _plural_table(previous: Entry) -> dict[str, str]:
+    if "singular" in previous["output"]:
+        return {plural: word for word, plural in PLURALS.items() if plural != word}
+    return PLURALS
+
+
+def _next_capital(rng: random.Random, previous: Entry, used: str) -> tuple[str, str] | None:
+    if not previous["output"].startswith("The capital of"):
+        return None
+    country = rng.choice([name for name in sorted(COUNTRY_CAPITALS) if name not in used])
+    return f"And of {country}?", f"The capital of {country} is {COUNTRY_CAPITALS[country]}."
+
+
+def _next_counting(rng: random.Random, previous: Entry, used: str) -> tuple[str, str] | None:
+    found = re.search(r"[Tt]he word '([a-z]+)'", previous["output"])
+    if found is None:
+        return None
+    word = found[1]
+    letters, vowels, letter = FOLLOW_UPS["counting"]
+    choices: list[tuple[str, str]] = []
+    if "letters" not in used:
+        choices.append((letters[0], f"The word '{word}' has {len(word)} letters."))
+    vowel_count = sum(char in "aeiou" for char in word)
+    if "vowels" not in used and "y" not in word and vowel_count >= 2:
+        choices.append((vowels[0], f"The word '{word}' has {vowel_count} vowels."))
+    repeated = sorted({char for char in word if word.count(char) >= 2})
+    if repeated and "letter '" not in used:
+        char = rng.choice(repeated)
+        choices.append((letter[0].format(letter=char),
+                        f"The letter '{char}' appears {word.count(char)} times in the word"
+                        f" '{word}'."))
+    return rng.choice(choices) if choices else None
+
+
+def _next_sorting(rng: random.Random, previous: Entry, used: str) -> tuple[str, str] | None:
+    order, _, listed = previous["output"][:-1].partition(": ")
+    items = listed.split(", ")
+    opposite, add = FOLLOW_UPS["sorting"]
+    if order == "In alphabetical order":
+        pool = sorted(set(SYNONYMS) - set(items))
+        item = rng.choice(pool)
+        return add[0].format(item=item), f"{order}: {', '.join(sorted([*items, item]))}."
+    descending = order == "From largest to smallest"
+    if rng.random() < 0.5:
+        number = str(rng.choice([n for n in range(1, 200) if str(n) not in items]))
+        ranked = sorted([*items, number], key=int, reverse=descending)
+        return add[0].format(item=number), f"{order}: {', '.join(ranked)}."
+    other = "From smallest to largest" if descending else "From largest to smallest"
+    return opposite[0], f"{other}: {', '.join(reversed(items))}."
+
+
+FOLLOW_UP_MAKERS: dict[str, Callable[[random.Random, Entry, str], tuple[str, str] | None]] = {
+    "unit_conversion": _next_unit_conversion,
+    "arithmetic": _next_arithmetic,
+    "plural": _lookup_follow_up(_plural_table, "The {form} form of '{word}' is '{answer}'."),
+    "antonym": _lookup_follow_up(lambda _: _antonym_map(), "The antonym of '{word}' is '{answer}'."),
+    "past_tense": _lookup_follow_up(lambda _: PAST_TENSES, "The past tense of '{word}' is '{answer}'."),
+    "capital": _next_capital,
+    "counting": _next_counting,
+    "sorting": _next_sorting,
+}
+
+
+def _conversation(rng: random.Random, first: Entry) -> Conversation | None:
+    """`first` and one or two follow-ups on it, or None if `first` allows none."""
+    record = single_turn(first)
+    previous = first
+    for _ in range(rng.choice((1, 2))):
+        used = " ".join(message["content"] for message in record["messages"])
+        made = FOLLOW_UP_MAKERS[first["task"]](rng, previous, used)
+        if made is None:
+            break
+        said, answer = made
+        record["messages"] += [{"role": "user", "content": said},
+                               {"role": "assistant", "content": answer}]
+        resolved = resolve_follow_up(first["task"], previous, said)
+        if resolved is None:
+            raise RuntimeError(f"follow-up {said!r} does not resolve after {previous}")
+        previous = {**resolved, "output": answer}
+    return record if len(record["messages"]) > 2 else None
+
+
+def build_conversations(family: str, count: int) -> list[Conversation]:
+    """`count` distinct multi-turn conversations of `family`, first turns from its builder."""
+    rng = random.Random(f"{SEED}:{family}:multi-turn")
+    firsts = BUILDERS[family](rng, FAMILY_SIZES[family])
+    conversations: dict[tuple[str, ...], Conversation] = {}
+    for first in firsts:
+        record = _conversation(rng, first)
+        if record is not None:
+            key = tuple(message["content"] for message in record["messages"][::2])
+            conversations.setdefault(key, record)
+        if len(conversations) == count:
+            return list(conversations.values())
+    raise RuntimeError(f"{family}: could not make {count} conversations (got {len(conversations)})")
+
+
+# --------------------------------------------------------------------------------------------
 # Assembly: build, check, order for the default split, write
 # --------------------------------------------------------------------------------------------
 
@@ -1417,7 +1703,8 @@ def _split_quotas(counts: dict[str, int], split_sizes: Sequence[int]) -> dict[st
     return quotas
 
 
-def _interleave(groups: dict[str, list[Entry]], rng: random.Random) -> list[Entry]:
+def _interleave(groups: dict[str, list[Conversation]], rng: random.Random
+                ) -> list[Conversation]:
     """Order entries so each split (85/10/5) holds every family in proportion, spread evenly.
 
     Within a split, a family's k entries get positions (i + jitter) / k, and the split is
@@ -1428,43 +1715,50 @@ def _interleave(groups: dict[str, list[Entry]], rng: random.Random) -> list[Entr
     split_sizes = (train, test, total - train - test)
     quotas = _split_quotas({family: len(entries) for family, entries in groups.items()},
                            split_sizes)
-    splits: list[list[tuple[float, int, int, Entry]]] = [[] for _ in split_sizes]
+    splits: list[list[tuple[float, int, int, Conversation]]] = [[] for _ in split_sizes]
     for family_index, (family, entries) in enumerate(groups.items()):
         start = 0
         for split, quota in zip(splits, quotas[family], strict=True):
             for i, entry in enumerate(entries[start:start + quota]):
                 split.append(((i + rng.random()) / quota, family_index, i, entry))
             start += quota
-    ordered: list[Entry] = []
+    ordered: list[Conversation] = []
     for split in splits:
         split.sort(key=lambda item: item[:3])
         ordered.extend(item[3] for item in split)
     return ordered
 
 
-def build_records() -> list[Entry]:
-    """Generate the whole dataset, verified and in its shipped order."""
-    if tuple(BUILDERS) != TASK_FAMILIES or tuple(FAMILY_SIZES) != TASK_FAMILIES:
-        raise RuntimeError("BUILDERS, FAMILY_SIZES and TASK_FAMILIES disagree")
-    groups: dict[str, list[Entry]] = {}
+def build_records() -> list[Conversation]:
+    """Generate the whole dataset, verified and in its shipped order.
+
+    Each family's single-turn records and its multi-turn conversations are spread over the
+    splits separately, so every split has both.
+    """
+    if (tuple(BUILDERS) != TASK_FAMILIES or tuple(FAMILY_SIZES) != TASK_FAMILIES
+            or not set(MULTI_TURN_SIZES) <= set(TASK_FAMILIES)):
+        raise RuntimeError("BUILDERS, FAMILY_SIZES, MULTI_TURN_SIZES and TASK_FAMILIES disagree")
+    groups: dict[str, list[Conversation]] = {}
     for family in TASK_FAMILIES:
         rng = random.Random(f"{SEED}:{family}")
         entries = BUILDERS[family](rng, FAMILY_SIZES[family])
         rng.shuffle(entries)
-        groups[family] = entries
+        groups[family] = [single_turn(entry) for entry in entries]
+    for family, count in MULTI_TURN_SIZES.items():
+        groups[f"{family} multi-turn"] = build_conversations(family, count)
     records = _interleave(groups, random.Random(f"{SEED}:order"))
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     for index, record in enumerate(records):
-        key = (record["instruction"], record["input"])
+        key = tuple(message["content"] for message in record["messages"][::2])
         if key in seen:
-            raise RuntimeError(f"record {index}: duplicate instruction and input {key!r}")
+            raise RuntimeError(f"record {index}: duplicate user turns {key!r}")
         seen.add(key)
-        if not verify(record):
+        if not verify_record(record):
             raise RuntimeError(f"record {index}: fails its {record['task']} verifier: {record}")
     return records
 
 
-def render(records: Sequence[Entry]) -> str:
+def render(records: Sequence[Conversation]) -> str:
     """The exact text of the shipped file."""
     return json.dumps(list(records), indent=1, ensure_ascii=False) + "\n"
 
