@@ -38,12 +38,18 @@ def records() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def entries(records) -> list[dict[str, str]]:
     """Every assistant turn as the single-turn entry its verifier checks."""
-    return [entry for record in records for entry in turn_entries(record) or []]
+    return [entry for record in records for entry in _turns(record)]
 
 
 @pytest.fixture(scope="module")
 def single_entries(records) -> list[dict[str, str]]:
-    return [turn_entries(record)[0] for record in records if len(record["messages"]) == 2]
+    return [_turns(record)[0] for record in records if len(record["messages"]) == 2]
+
+
+def _turns(record: dict[str, Any]) -> list[dict[str, str]]:
+    entries = turn_entries(record)
+    assert entries is not None, record
+    return entries
 
 
 def _is_multi_turn(record: dict[str, Any]) -> bool:
@@ -107,7 +113,7 @@ def test_single_turn_training_text_is_that_of_the_alpaca_entry(records):
     with_input = [record for record in singles if "\n\n" in record["messages"][0]["content"]]
     assert len(with_input) > 100
     for record in singles[:100] + with_input[:100]:
-        entry = turn_entries(record)[0]
+        entry = _turns(record)[0]
         assert generator.user_turn(entry) == record["messages"][0]["content"]
         assert style.format_example(entry) == style.render(record["messages"])
 
