@@ -7,6 +7,11 @@ answer from the text of the question (recomputing sums and conversions from the 
 reads, looking words up in the tables, counting letters, ...), independently of how the
 entry was built; the generator refuses to write an entry that its verifier rejects.
 
+Records are OpenAI-messages conversations. A single-turn record's user message is the entry's
+instruction, then its input after a blank line (the Alpaca prompt's user turn). A multi-turn
+record's follow-ups ("And to centimeters?") are checked by resolving each, with the previous
+answer, into the self-contained entry its family's verifier expects (`turn_entries`).
+
 Regenerate or check the shipped file:
 
     python -m sftkit.data.embedded.generator            # rewrite the shipped JSON
