@@ -152,3 +152,20 @@ class Forgetful(PromptStyle):
 def test_a_template_without_the_prefix_property_is_refused(chat_tokenizer):
     with pytest.raises(SftkitError, match="assistant message 1 is not a prefix"):
         encode_example({"messages": THREE_TURNS["messages"][1:]}, chat_tokenizer, Forgetful())
+
+
+def test_an_end_of_text_the_style_writes_is_learned_once():
+    """SmolLM2's end-of-text is ChatML's `<|im_end|>`: the rendered conversation ends with it
+    (and a newline), and the collator appends it again. The example ends before the rendered
+    one, so each answer's end is learned once: `eh<|im_end|>`, not `eh<|im_end|>\\n<|im_end|>`."""
+    from sftkit.tokenizers import smollm2_tokenizer
+
+    tokenizer = smollm2_tokenizer()
+    example = encode_example(THREE_TURNS, tokenizer, get_style("chatml"))
+    targets = targets_of(example, tokenizer)
+    learned = [token for token in targets if token != X]
+    assert tokenizer.decode(learned) == "yo<|im_end|>\nno<|im_end|>\neh<|im_end|>"
+    # an Alpaca record under the same style ends the same way
+    alpaca = encode_example({"instruction": "hi", "input": "", "output": "eh"}, tokenizer,
+                            get_style("chatml"))
+    assert tokenizer.decode(alpaca.ids + [tokenizer.eos_id]).endswith("eh<|im_end|>")

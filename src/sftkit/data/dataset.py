@@ -31,9 +31,28 @@ def style_messages(record: Mapping[str, Any], style: RendersConversations) -> li
     return record_messages(record, getattr(style, "input_separator", DEFAULT_INPUT_SEPARATOR))
 
 
-def record_text(record: Mapping[str, Any], style: RendersConversations) -> str:
-    """A record's whole training text (before the appended end-of-text)."""
-    return style.render(style_messages(record, style))
+def record_text(record: Mapping[str, Any], style: RendersConversations,
+                tokenizer: Tokenizer) -> str:
+    """A record's whole training text, before the end-of-text the collator appends."""
+    return before_final_end_of_text(style.render(style_messages(record, style)), tokenizer)
+
+
+def before_final_end_of_text(text: str, tokenizer: Tokenizer) -> str:
+    """`text` without a final end-of-text token (and what a template writes after it): the
+    collator appends that token itself, so it would be learned twice, as in SmolLM2's
+    `...<|im_end|>\\n` + `<|im_end|>`.
+
+    Example:
+        >>> from sftkit.tokenizers import smollm2_tokenizer
+        >>> before_final_end_of_text("<|im_start|>assistant\\nHi.<|im_end|>\\n",
+        ...                          smollm2_tokenizer())
+        '<|im_start|>assistant\\nHi.'
+    """
+    end_of_text = tokenizer.decode([tokenizer.eos_id])
+    at = text.rfind(end_of_text) if end_of_text else -1
+    if at < 0 or text[at + len(end_of_text):].strip():
+        return text
+    return text[:at]
 
 
 def encode_example(record: Mapping[str, Any], tokenizer: Tokenizer,
@@ -43,11 +62,13 @@ def encode_example(record: Mapping[str, Any], tokenizer: Tokenizer,
     An Alpaca record keeps the book's recipe: the prompt ends where the ids of the full text
     and of the prompt alone first differ, and `mask_prompt` decides in the collator. A
     conversation's learned tokens are found from token offsets (`sftkit.data.spans`); the
-    appended end-of-text is learned when the conversation's last token is.
+    appended end-of-text is learned when the conversation's last token is. A text that ends
+    with the end-of-text token already (a chat template's end of turn) ends before it instead,
+    so the token is learned once.
     """
     messages = style_messages(record, style)
     if record_format(record) == ALPACA:
-        ids = tokenizer.encode(style.render(messages))
+        ids = tokenizer.encode(before_final_end_of_text(style.render(messages), tokenizer))
         prompt_ids = tokenizer.encode(style.render(messages[:-1], add_generation_prompt=True))
         prompt_length = 0
         for full_id, prompt_id in zip(ids, prompt_ids):
@@ -56,6 +77,7 @@ def encode_example(record: Mapping[str, Any], tokenizer: Tokenizer,
             prompt_length += 1
         return EncodedExample(ids=ids, prompt_length=prompt_length)
     text, spans = learned_char_spans(messages, style, loss_on)
+    text = before_final_end_of_text(text, tokenizer)
     ids, offsets = tokenizer.encode_with_offsets(text)
     flags = learned_token_flags(offsets, spans)
     learned = (*flags, bool(flags) and flags[-1])

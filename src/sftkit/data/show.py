@@ -30,7 +30,7 @@ def marked_example(dataset: InstructionDataset, index: int, *, mask_prompt: bool
                    max_length: int | None, color: bool) -> str:
     """Example `index` of `dataset` as text, its learned part marked (see the module doc)."""
     example = dataset.examples[index]
-    text = record_text(dataset.records[index], dataset.style)
+    text = record_text(dataset.records[index], dataset.style, dataset.tokenizer)
     ids, offsets = dataset.tokenizer.encode_with_offsets(text)
     targets = example.target_mask(mask_prompt)[:max_length]
     # Token j is learned when target j - 1 is; the last target is the end-of-text.

@@ -14,6 +14,7 @@ Example:
     >>> class Bytes:  # a byte-level tokenizer, enough here
     ...     eos_id = pad_id = 256
     ...     def encode(self, text): return list(text.encode())
+    ...     def decode(self, ids): return bytes(i for i in ids if i < 256).decode()
     >>> data = InstructionDataset([{"instruction": "Say hi.", "input": "", "output": "Hi!"}] * 4,
     ...                           Bytes(), get_style("alpaca"))
     >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
