@@ -4,8 +4,9 @@ default) beside packed (rows of `data.max_length` tokens), interleaved step by s
 weights.
 
 Data: the embedded set, `--data` (the book's instruction-data.json) when given, and a seeded
-long-tailed synthetic set (most answers short, a few very long: the shape of real chat data,
-where padding to the longest example of a batch wastes the most).
+long-tailed synthetic chat set (OpenAI-messages conversations of 1 to 4 turns, most answers
+short, a few very long: the shape of real chat data, where padding to the longest example of a
+batch wastes the most).
 """
 
 from __future__ import annotations
@@ -23,17 +24,23 @@ WORDS = ["the", "a", "model", "answer", "question", "token", "data", "train", "s
          "value", "long", "short", "word", "reply", "user", "text", "example", "batch", "row"]
 
 
-def long_tailed_records(count: int = 400, seed: int = 0) -> list[dict[str, str]]:
-    """Alpaca records whose answer lengths follow a log-normal law (median ~30 words, a tail
-    of several hundred), deterministic for `seed`."""
+def long_tailed_records(count: int = 400, seed: int = 0) -> list[dict[str, Any]]:
+    """OpenAI-messages conversations of 1 to 4 turns whose answer lengths follow a log-normal
+    law (median ~20 words, a tail of several hundred), deterministic for `seed`."""
     rng = random.Random(seed)
 
     def words(count: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(count))
 
-    return [{"instruction": words(rng.randint(4, 20)), "input": "",
-             "output": words(min(int(rng.lognormvariate(3.4, 1.1)) + 1, 700))}
-            for _ in range(count)]
+    def conversation() -> dict[str, Any]:
+        messages = []
+        for _ in range(rng.choice((1, 1, 2, 3, 4))):
+            messages += [{"role": "user", "content": words(rng.randint(4, 20))},
+                         {"role": "assistant",
+                          "content": words(min(int(rng.lognormvariate(3.0, 1.1)) + 1, 500))}]
+        return {"messages": messages}
+
+    return [conversation() for _ in range(count)]
 
 
 def _datasets(data: DataSpec | None, model: str):
@@ -42,7 +49,7 @@ def _datasets(data: DataSpec | None, model: str):
 
     tokenizer, style = tokenizer_and_style(model)
     splits = data.splits() if data is not None else split_records(long_tailed_records())
-    label = data.label if data is not None else "long-tailed synthetic"
+    label = data.label if data is not None else "long-tailed synthetic chat"
     return label, InstructionDataset(splits.train, tokenizer, style)
 
 

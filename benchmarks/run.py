@@ -166,7 +166,7 @@ def section_packing(args, report: Report) -> None:
     overrides = QUICK_OVERRIDES[model] if args.quick else {}
     results = []
     for data in [*datasets(args)[1:], None]:  # --data (the book's), then long-tailed
-        label = data.label if data else "long-tailed synthetic"
+        label = data.label if data else "long-tailed synthetic chat"
         print(f"\n## packing: {model} on {label}")
         results.append(packing.measure(data, model, overrides, args.steps))
     report.packing = packing.markdown(results, args.quick)
