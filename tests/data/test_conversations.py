@@ -169,3 +169,15 @@ def test_an_end_of_text_the_style_writes_is_learned_once():
     alpaca = encode_example({"instruction": "hi", "input": "", "output": "eh"}, tokenizer,
                             get_style("chatml"))
     assert tokenizer.decode(alpaca.ids + [tokenizer.eos_id]).endswith("eh<|im_end|>")
+
+
+def test_packing_leaves_out_what_has_nothing_to_learn_as_unpacked_loading_does(
+        chat_tokenizer, tiny_chat):
+    from sftkit.data.packing import make_packed_loader
+
+    data = InstructionDataset([{"prompt": "hi", "completion": "yo"},
+                               {"prompt": "hello there", "completion": "yo"}],
+                              chat_tokenizer, tiny_chat)
+    (batch,) = list(make_packed_loader(data, batch_size=1, row_length=8, shuffle=False))
+    assert batch.examples == 1  # the second example's answer lies past the row: left out
+    assert batch.targets.tolist() == [[X] * 6 + chat_tokenizer.encode("yo")]

@@ -118,6 +118,11 @@ class InstructionDataset(Dataset):
         return [index for index, example in enumerate(self.examples)
                 if not example.learned_targets(mask_prompt, max_length)]
 
+    def learnable(self, mask_prompt: bool, max_length: int | None) -> list[int]:
+        """Indices of the examples the loaders train on: all but the `unlearnable` ones."""
+        dropped = set(self.unlearnable(mask_prompt, max_length))
+        return [index for index in range(len(self)) if index not in dropped]
+
 
 class EpochBatchSampler(Sampler[list[int]]):
     """Deterministic batches, reshuffled every epoch from `seed + epoch`.
@@ -203,11 +208,11 @@ def make_loader(
     Examples with nothing to learn within `allowed_max_length` (see
     `InstructionDataset.unlearnable`) are left out: an all-masked row adds no loss, only cost
     (`sftkit prepare` reports them)."""
-    dropped = set(dataset.unlearnable(mask_prompt, allowed_max_length))
-    kept = [index for index in range(len(dataset)) if index not in dropped]
-    source: Dataset = Subset(dataset, kept) if dropped else dataset
+    kept = dataset.learnable(mask_prompt, allowed_max_length)
+    source: Dataset = Subset(dataset, kept) if len(kept) < len(dataset) else dataset
+    lengths = dataset.lengths
     sampler = EpochBatchSampler(
-        [dataset.lengths[index] for index in kept], batch_size, shuffle=shuffle,
+        [lengths[index] for index in kept], batch_size, shuffle=shuffle,
         drop_last=drop_last, group_by_length=group_by_length, seed=seed,
     )
     collate = Collator(

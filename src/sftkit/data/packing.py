@@ -150,14 +150,19 @@ class PackedCollator:
 
 
 class PackedRows(Dataset):
-    """The rows of `pack_rows` over an `InstructionDataset`: item i is row i's examples."""
+    """The rows of `pack_rows` over an `InstructionDataset`: item i is row i's examples.
+    Examples with nothing to learn in a row are left out, as `make_loader` leaves them out."""
 
-    def __init__(self, dataset: InstructionDataset, row_length: int, seed: int):
+    def __init__(self, dataset: InstructionDataset, row_length: int, seed: int, *,
+                 mask_prompt: bool = False):
         self.dataset = dataset
+        kept = dataset.learnable(mask_prompt, row_length)
+        lengths = dataset.lengths
         # An example takes len(ids) positions (its end-of-text is only a target).
-        sizes = [min(length - 1, row_length) for length in dataset.lengths]
-        self.rows = pack_rows(sizes, row_length, seed)
-        self.row_lengths = [sum(sizes[example] for example in row) for row in self.rows]
+        sizes = [min(lengths[index] - 1, row_length) for index in kept]
+        packed = pack_rows(sizes, row_length, seed)
+        self.rows = [[kept[slot] for slot in row] for row in packed]
+        self.row_lengths = [sum(sizes[slot] for slot in row) for row in packed]
         """Tokens in each row (the rest of a full-width row would be padding)."""
 
     def __len__(self) -> int:
@@ -191,7 +196,7 @@ def make_packed_loader(
         >>> tuple(batch.inputs.shape), batch.examples, batch.document_ids[0].unique().tolist()
         ((1, 70), 2, [0, 1])
     """
-    rows = PackedRows(dataset, row_length, seed)
+    rows = PackedRows(dataset, row_length, seed, mask_prompt=mask_prompt)
     sampler = EpochBatchSampler([row_length] * len(rows), batch_size, shuffle=shuffle,
                                 drop_last=drop_last, seed=seed)
     collate = PackedCollator(Collator(

@@ -132,18 +132,6 @@ class TemplateStyle(PromptStyle):
                                     add_generation_prompt=add_generation_prompt,
                                     special_tokens=self.special_tokens, source=self.source)
 
-    def format_prompt(self, record: Mapping[str, Any], previous: str = "") -> str:
-        if previous:
-            raise SftkitError(f"chat template of {self.source}: a template renders whole "
-                              "conversations; pass the messages to render()")
-        return self.render([_user_turn(record)], add_generation_prompt=True)
-
-    def format_example(self, record: Mapping[str, Any]) -> str:
-        """The record as a two-turn conversation, the template's end of turn included (the
-        model learns to stop)."""
-        return self.render([_user_turn(record),
-                            {"role": "assistant", "content": record["output"]}])
-
     def format_conversation(self, messages: Sequence[Mapping[str, str]]) -> str:
         return self.render(messages, add_generation_prompt=True)
 
@@ -173,13 +161,6 @@ class TemplateStyle(PromptStyle):
 
     def __repr__(self) -> str:
         return f"TemplateStyle(source={self.source!r}, sha256={self.sha256[:12]})"
-
-
-def _user_turn(record: Mapping[str, Any]) -> dict[str, str]:
-    content = str(record["instruction"])
-    if record.get("input"):
-        content += f"\n\n{record['input']}"
-    return {"role": "user", "content": content}
 
 
 def _plain(value: Any) -> Any:
