@@ -99,3 +99,15 @@ def test_only_our_staging_is_removed(tmp_path):
         path.mkdir()
     assert sorted(remove_stale_staging(tmp_path)) == sorted(stale)
     assert all(path.exists() for path in kept)
+
+
+def test_a_copy_moved_aside_by_a_crash_is_put_back(tmp_path):
+    """A crash between atomic_directory's two renames leaves the only good copy of a
+    checkpoint inside `.step-N.*.old/`: it is restored, not left there unseen."""
+    aside = tmp_path / ".step-000007.x1.old"
+    (aside / "step-000007").mkdir(parents=True)
+    (aside / "step-000007" / "trainer_state.pt").write_bytes(b"state")
+    assert remove_stale_staging(tmp_path) == [aside]
+    assert (tmp_path / "step-000007" / "trainer_state.pt").read_bytes() == b"state"
+    assert not aside.exists()
+

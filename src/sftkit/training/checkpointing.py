@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import shutil
@@ -78,7 +79,7 @@ def save_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
         }
         torch.save(state, staging / "trainer_state.pt")
     write_text_atomic(checkpoints_dir / "latest", name + "\n")
-    for old in sorted(checkpoints_dir.glob("step-*"))[:-keep]:
+    for old in checkpoints_newest_first(checkpoints_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -103,7 +104,8 @@ def checkpoints_newest_first(checkpoints_dir: Path) -> list[Path]:
 
 def remove_stale_staging(checkpoints_dir: Path) -> list[Path]:
     """Remove what a crash in the middle of `save_checkpoint` left behind: staging
-    directories, and copies moved aside whose replacement is in place. Returns them."""
+    directories, and copies moved aside whose replacement is in place; a moved-aside copy
+    whose replacement never arrived is put back. Returns what was removed."""
     if not checkpoints_dir.is_dir():
         return []
     removed = []
@@ -112,8 +114,11 @@ def remove_stale_staging(checkpoints_dir: Path) -> list[Path]:
         if not match or not path.is_dir():
             continue
         # A moved-aside copy is the only one left if the crash came before its replacement.
-        if match.group(2) == "old" and not (checkpoints_dir / match.group(1)).is_dir():
-            continue
+        target = checkpoints_dir / match.group(1)
+        if match.group(2) == "old" and not target.is_dir():
+            if not (path / match.group(1)).is_dir():
+                continue
+            os.replace(path / match.group(1), target)
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
