@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -149,6 +150,12 @@ class CachedCall:
             return self.slots
         return (self.slots[None, :] - self.pad_lengths[:, None]).clamp(min=0)
 
+    @functools.cached_property
+    def mask(self) -> torch.Tensor:
+        """`key_mask` over every slot written so far, built once per call and shared by every
+        layer (not once per layer)."""
+        return self.key_mask(self.end)
+
     def key_mask(self, n_keys: int) -> torch.Tensor:
         """(B or 1, 1, T, S) True where query i may attend to key slot j: causally, never to a
         row's padding, and always to itself (so a padding query has one finite score)."""
@@ -186,5 +193,5 @@ class LayerKVCache:
         if query.shape[2] == 1 and call.pad_lengths is None:
             # One new token attends to every position written so far, including itself.
             return F.scaled_dot_product_attention(query, key, value, enable_gqa=grouped)
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=call.key_mask(
-            call.end), enable_gqa=grouped)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=call.mask,
+                                              enable_gqa=grouped)
