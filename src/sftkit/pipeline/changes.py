@@ -131,8 +131,8 @@ def apply_config(run: RunDir, config: RunConfig, log: Callable[[str], None] = pr
 
 def _refusal(run: RunDir, config: RunConfig, keys: list[str], redo: set[str]) -> str:
     """Why the change cannot be taken ("" when it can)."""
-    begun = {"prepare": run.has_data() or run.config_file.exists(),
-             "train": run.training_begun()}
+    # config.toml exists (apply_config returned otherwise), so the data is prepared.
+    begun = {"prepare": True, "train": run.training_begun()}
     for stage in NEVER_REDONE:
         if stage in redo and begun[stage]:
             return f"the {stage} stage would have to be redone"
