@@ -111,3 +111,22 @@ def test_a_copy_moved_aside_by_a_crash_is_put_back(tmp_path):
     assert (tmp_path / "step-000007" / "trainer_state.pt").read_bytes() == b"state"
     assert not aside.exists()
 
+
+
+def test_the_last_step_is_saved_once_when_the_periodic_save_wrote_it(char_tokenizer, tmp_path,
+                                                                      monkeypatch):
+    """max_steps 10 with a checkpoint every 5: step 10 was saved by the periodic save; the
+    end of training must not write the same checkpoint (weights and optimizer) again."""
+    import sftkit.training.loop as loop
+
+    saved = []
+    real = loop.save_checkpoint
+
+    def counting(directory, model, optimizer, progress, keep=2):
+        saved.append(progress.step)
+        return real(directory, model, optimizer, progress, keep)
+
+    monkeypatch.setattr(loop, "save_checkpoint", counting)
+    result = trainer(char_tokenizer, tmp_path, max_steps=10).fit()
+    assert result.status == "completed" and saved == [5, 10]
+    assert result.checkpoint == tmp_path / "checkpoints" / "step-000010"

@@ -166,6 +166,7 @@ class Trainer:
         self.strategy = make_step(self.model, config, self.device, self.precision)
         self.model.activation_checkpointing = config.activation_checkpointing
         self.last_record: dict[str, Any] | None = None
+        self._saved: tuple[int, Path] | None = None  # the step this trainer last saved
 
     @property
     def optimizer(self) -> OptimizerLike:
@@ -279,8 +280,14 @@ class Trainer:
             self._save(progress)
 
     def _save(self, progress: TrainProgress) -> Path:
-        return save_checkpoint(self.checkpoints_dir, self.model, self.optimizer, progress,
+        """A checkpoint of `progress.step`; not written again when this trainer has just
+        written it (the periodic save at the last step, or an interrupt right after one)."""
+        if self._saved is not None and self._saved[0] == progress.step:
+            return self._saved[1]
+        path = save_checkpoint(self.checkpoints_dir, self.model, self.optimizer, progress,
                                self.config.keep_checkpoints)
+        self._saved = (progress.step, path)
+        return path
 
     def _interrupted(self, progress: TrainProgress) -> TrainResult:
         """Save where training stands, unless the interrupt tore a step in half."""
