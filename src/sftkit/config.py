@@ -39,6 +39,8 @@ else:  # pragma: no cover - Python 3.10
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 LOSS_ON = ("assistant", "all", "last_assistant")
+METHODS = ("full", "lora", "dora")
+BASE_DTYPES = ("fp32", "bf16", "int8", "nf4", "gguf")
 
 #: Recipe defaults a model preset brings, applied before the config file and the overrides.
 #: GPT-2 keeps the reference recipe (the dataclass defaults). The embedded SmolLM2 trains for
@@ -92,6 +94,9 @@ class TrainConfig:
     """Passes over the training split."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0 = run all epochs)."""
+    method: str = "full"
+    """`full` (every weight trains), `lora` or `dora` (small adapters on a frozen base; see
+    the `[lora]` section)."""
     batch_size: int = 8
     """Examples per micro-batch."""
     grad_accum: int = 1
@@ -158,6 +163,56 @@ class TrainConfig:
         _require(self.loss_on in LOSS_ON, f"train.loss_on must be one of {LOSS_ON}")
         _require(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
         _require(0 <= self.drop_rate < 1, "train.drop_rate must be in [0, 1)")
+        _require(self.method in METHODS, f"train.method must be one of {METHODS}")
+
+
+@dataclass
+class LoraConfig:
+    """The adapters of `train.method = "lora"` or `"dora"`."""
+
+    r: int = 16
+    """Rank of each adapter's update B @ A."""
+    alpha: float = 32.0
+    """The update is scaled by alpha / r (alpha / sqrt(r) with `rslora`)."""
+    dropout: float = 0.05
+    """Dropout on each adapter's input while training."""
+    targets: str = "all-linear"
+    """Comma-separated projections to adapt, by sftkit's names: `q_proj`, `k_proj`, `v_proj`,
+    `out_proj`, GPT-2's `fc`/`proj`, Llama's `gate_proj`/`up_proj`/`down_proj`, `lm_head`;
+    `all-linear` = every projection of the blocks."""
+    rslora: bool = False
+    """Scale by alpha / sqrt(r) (rank-stabilised LoRA)."""
+    train_modules: str = ""
+    """Comma-separated small modules that train fully beside the adapters: `norms`,
+    `embeddings`."""
+    base_dtype: str = "fp32"
+    """How the frozen base is kept: `fp32`, `bf16`, `int8` or `nf4` (blockwise quantized, as
+    QLoRA), or `gguf` (a GGUF's own quantized blocks, kept as they are)."""
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 1, "lora.r must be >= 1")
+        _require(self.alpha > 0, "lora.alpha must be positive")
+        _require(0 <= self.dropout < 1, "lora.dropout must be in [0, 1)")
+        _require(bool(self.target_list), "lora.targets must name at least one projection")
+        _require(self.base_dtype in BASE_DTYPES, f"lora.base_dtype must be one of {BASE_DTYPES}")
+
+    @property
+    def target_list(self) -> list[str]:
+        """`targets` as a list.
+
+        >>> LoraConfig(targets="q_proj, v_proj").target_list
+        ['q_proj', 'v_proj']
+        """
+        return _names(self.targets)
+
+    @property
+    def module_list(self) -> list[str]:
+        """`train_modules` as a list."""
+        return _names(self.train_modules)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 @dataclass
@@ -217,6 +272,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 

@@ -15,6 +15,7 @@ would redo one of them once it has begun is refused, naming every change.
 |                                                  | validation loss uses the batch size, |
 |                                                  | mask_prompt, device, precision),     |
 |                                                  | train, generate, evaluate, judge     |
+| `lora.*`                                         | as `train.*`, but the baseline stays |
 | `generate.max_new_tokens`, `temperature`,        | the answers change: baseline,        |
 | `top_k`, `top_p`, `seed`                         | generate, evaluate, judge re-run;    |
 |                                                  | training is kept                     |
@@ -77,6 +78,7 @@ ANSWER_STAGES = ("baseline", "generate", "evaluate", "judge")
 RULES = (  # the first matching rule applies
     Rule(("data.", "model."), redo=("prepare", "train", *ANSWER_STAGES)),
     Rule(("train.",), redo=("train", *ANSWER_STAGES)),
+    Rule(("lora.",), redo=("train", "generate", "evaluate", "judge")),
     Rule(("generate.batch_size",), used_by=("baseline", "generate")),
     Rule(("generate.",), redo=ANSWER_STAGES),
     Rule(("evaluate.judge", "evaluate.template"), redo=("judge",)),

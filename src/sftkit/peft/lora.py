@@ -1,0 +1,134 @@
+"""LoRA (Hu et al., 2021): a frozen linear layer plus a trainable low-rank update.
+
+    y = base(x) + s * B(A(dropout(x)))        A: (r, in_features), B: (out_features, r)
+
+`A` starts random (Kaiming-uniform, as PEFT does) and `B` at zero, so a fresh adapter leaves the
+model's output unchanged. The scale `s` is `alpha / r`, or `alpha / sqrt(r)` with rsLoRA
+(Kalajdzievski, 2023), which keeps the update's size steady as the rank grows. Only `A` and `B`
+train: the base's weight never gets a gradient, so its backward pass computes only the
+gradient of the input (one matmul instead of two).
+
+The base is any frozen linear: `nn.Linear` in fp32 or bf16, or a quantized one
+(`sftkit.peft.quantized`) that dequantizes blockwise inside its own matmul.
+
+Example:
+    >>> import torch
+    >>> base = torch.nn.Linear(16, 8)
+    >>> layer = LoRALinear(base, LoraSpec(r=4, alpha=8))
+    >>> x = torch.randn(2, 16)
+    >>> bool(torch.equal(layer(x), base(x)))  # B starts at zero
+    True
+    >>> [name for name, p in layer.named_parameters() if p.requires_grad]
+    ['lora_A', 'lora_B']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The shape of every adapter of a model: rank, alpha, dropout, rsLoRA, DoRA."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    rslora: bool = False
+    dora: bool = False
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"the LoRA rank must be positive, not {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"the LoRA dropout must be in [0, 1), not {self.dropout}")
+
+    @property
+    def scaling(self) -> float:
+        """`alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+
+        >>> LoraSpec(r=16, alpha=32).scaling, LoraSpec(r=16, alpha=32, rslora=True).scaling
+        (2.0, 8.0)
+        """
+        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+
+
+@runtime_checkable
+class Dequantizes(Protocol):
+    """A frozen linear that keeps its weight in another form (`sftkit.peft.quantized`)."""
+
+    in_features: int
+    out_features: int
+    bias: torch.Tensor | None
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The whole weight (out_features, in_features) in `dtype`."""
+        ...
+
+
+def frozen_weight(base: nn.Module) -> torch.Tensor:
+    """The weight of a frozen base layer as a dense tensor (dequantized if it is quantized)."""
+    if isinstance(base, Dequantizes):
+        return base.dequantize()
+    return base.weight  # type: ignore[return-value]
+
+
+class LoRALinear(nn.Module):
+    """A frozen `base` linear layer with a trainable low-rank update (see the module doc)."""
+
+    def __init__(self, base: nn.Module, spec: LoraSpec) -> None:
+        super().__init__()
+        self.base = base
+        base.requires_grad_(False)
+        self.in_features: int = base.in_features  # type: ignore[assignment]
+        self.out_features: int = base.out_features  # type: ignore[assignment]
+        self.spec = spec
+        self.scaling = spec.scaling
+        tensors = [*base.parameters(), *base.buffers()]
+        device = tensors[0].device if tensors else None
+        # The adapter trains in fp32 whatever the base's dtype (autocast lowers its matmuls).
+        self.lora_A = nn.Parameter(torch.empty(spec.r, self.in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, spec.r, device=device))
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
+        self.reset_adapter()
+
+    def reset_adapter(self) -> None:
+        """A random, B zero (PEFT's initialisation): the layer equals its base again."""
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base's bias (frozen)."""
+        return self.base.bias  # type: ignore[return-value]
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update `s * B @ A` (out_features, in_features), differentiable."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight `W + s * B @ A`, differentiable in the adapter: what a merge
+        writes, and what the fused head + cross-entropy uses when the head carries an
+        adapter."""
+        base = frozen_weight(self.base)
+        return base + self.delta_weight().to(base.dtype)
+
+    def lora_path(self, x: torch.Tensor) -> torch.Tensor:
+        """`s * B(A(dropout(x)))`, in the adapter's dtype (or autocast's)."""
+        dropped = self.dropout(x)
+        return F.linear(F.linear(dropped.to(self.lora_A.dtype), self.lora_A),
+                        self.lora_B) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        return result + self.lora_path(x).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        return f"r={self.spec.r}, scaling={self.scaling:g}"
