@@ -37,6 +37,8 @@ COMMANDS: tuple[Command, ...] = (
             "sftkit.commands.generate"),
     Command("evaluate", "LLM-judge scores beside EM/ROUGE-L", "sftkit.commands.evaluate"),
     Command("serve", "serve a model over Ollama's and OpenAI's APIs", "sftkit.commands.serve"),
+    Command("merge", "merge a LoRA/DoRA run's adapter into its base: the whole model, "
+            "sftkit's format and Hugging Face's", "sftkit.commands.merge"),
     Command("config", "check a run config and print it resolved, with every key's documentation",
             "sftkit.commands.config"),
 )

@@ -10,8 +10,10 @@
    existing local directory — so `runs/typo` is a path (and "no such file or directory") when
    `runs/` exists. A path may be a `.gguf` file, a book `.pth` (its GPT-2 shape read from the
    tensors; `config=` overrides it), a directory written by sftkit, a Hugging Face directory
-   (`config.json` + safetensors), or a run directory `runs/<name>/`, which stands for the
-   model training wrote into it (`runs/<name>/model/`);
+   (`config.json` + safetensors), a PEFT LoRA adapter directory (its base, named by
+   `base_model_name_or_path`, with the adapter merged in), or a run directory `runs/<name>/`,
+   which stands for the model training wrote into it (`runs/<name>/model/`, else the adapter
+   a LoRA run wrote, `runs/<name>/adapter/`);
 3. otherwise an `org/name` is a Hugging Face Hub id, downloaded into the usual cache.
 
 Write `./gpt2` to mean a local directory whose name is also a preset.
@@ -55,7 +57,17 @@ from sftkit.checkpoints.hf import (
     read_hf_config,
     with_preset,
 )
-from sftkit.checkpoints.native import is_native_directory, load_native, load_native_tokenizer
+from sftkit.checkpoints.native import (
+    is_native_directory,
+    load_native,
+    load_native_tokenizer,
+    use_saved_style,
+)
+from sftkit.checkpoints.peft_files import (
+    is_adapter_directory,
+    load_adapter,
+    read_adapter_config,
+)
 from sftkit.data.prompts import STYLES, PromptStyle, get_style
 from sftkit.data.templates import TEMPLATE_STYLE, TemplateStyle, check_style_name
 from sftkit.errors import SftkitError
@@ -75,6 +87,7 @@ BOOK_SUFFIXES = (".pth", ".pt")
 # A run directory (`runs/<name>/`, `sftkit.pipeline.RunDir`) keeps its trained model in
 # RUN_MODEL, and is known by its resolved configuration, RUN_CONFIG, written once it started.
 RUN_MODEL = "model"
+RUN_ADAPTER = "adapter"  # a LoRA run's adapter (PEFT's format), when it has no RUN_MODEL
 RUN_CONFIG = "config.toml"
 
 
@@ -209,6 +222,10 @@ def load_pretrained_tokenizer(source: str, *,
         return gpt2_tokenizer()
     if format_ == "native":
         return load_native_tokenizer(path)
+    if format_ == "adapter":
+        tokenizer = load_pretrained_tokenizer(_adapter_base(path))
+        use_saved_style(path, tokenizer)
+        return tokenizer
     return _hf_directory_tokenizer(path)
 
 
@@ -258,9 +275,12 @@ def _run_model(path: Path) -> Path:
         return path
     if (path / RUN_MODEL / "config.json").is_file():
         return path / RUN_MODEL
+    if is_adapter_directory(path / RUN_ADAPTER):
+        return path / RUN_ADAPTER
     if (path / RUN_CONFIG).is_file():
         raise SftkitError(f"{path} is a run directory without a trained model yet (no "
-                          f"{path / RUN_MODEL}/): train it first (sftkit train or sftkit run)")
+                          f"{path / RUN_MODEL}/ or {path / RUN_ADAPTER}/): train it first "
+                          "(sftkit train or sftkit run)")
     return path
 
 
@@ -273,6 +293,8 @@ def _path_format(path: Path) -> str:
         return "native"
     if path.is_dir() and (path / "config.json").is_file():
         return "hf"
+    if path.is_dir() and is_adapter_directory(path):
+        return "adapter"
     raise SftkitError(f"{path}: not a model; expected a .gguf file, a book .pth file, a run "
                       "directory, or a directory with config.json (sftkit's or Hugging Face's)")
 
@@ -335,8 +357,31 @@ def _from_path(path: Path, dtype: torch.dtype | str | None,
     if format_ == "native":
         model, tokenizer = load_native(path, dtype=dtype)
         return LoadedModel(model, model.config, tokenizer, f"sftkit model {path}")
+    if format_ == "adapter":
+        return _from_adapter(path, dtype)
     model, tokenizer = load_hf_directory(path, dtype=dtype)
     return LoadedModel(model, model.config, tokenizer, f"Hugging Face directory {path}")
+
+
+def _adapter_base(path: Path) -> str:
+    base = read_adapter_config(path).get("base_model_name_or_path")
+    if not base:
+        raise SftkitError(f"{path}: adapter_config.json names no base_model_name_or_path")
+    return str(base)
+
+
+def _from_adapter(path: Path, dtype: torch.dtype | str | None) -> LoadedModel:
+    """The adapter's base with the adapter merged in, in the prompt style it trained with."""
+    from sftkit.peft import merge_adapters
+
+    base = load_pretrained(_adapter_base(path), dtype=dtype)
+    load_adapter(base.model, path)
+    merge_adapters(base.model)
+    style = use_saved_style(path, base.tokenizer)
+    if style is not None:
+        base.model.config = base.model.config.replace(prompt_style=style)
+    return LoadedModel(base.model, base.model.config, base.tokenizer,
+                       f"LoRA adapter {path} merged into {base.source}")
 
 
 def _from_gguf(path: Path, dtype: torch.dtype | str | None,

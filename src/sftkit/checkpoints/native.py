@@ -41,6 +41,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TEMPLATE_FILE = "chat_template.jinja"
+STYLE_FILE = "sftkit.json"
+"""Beside an adapter (`sftkit.checkpoints.peft_files`): the prompt style it was trained with."""
 
 
 def is_native_directory(path: str | Path) -> bool:
@@ -111,6 +113,51 @@ def _template_kept(tokenizer: Tokenizer, style: PromptStyle | None) -> ChatTempl
     return None
 
 
+def style_files(tokenizer: Tokenizer, style: PromptStyle | None) -> dict[str, str]:
+    """The files (name -> text) that keep the prompt style a model was trained with beside an
+    adapter, as `save_native` keeps it beside a model: `sftkit.json`, and the template.
+
+    Example:
+        >>> from sftkit.data.prompts import get_style
+        >>> sorted(style_files(gpt2_tokenizer(), get_style("chatml")))
+        ['sftkit.json']
+    """
+    template = _template_kept(tokenizer, style)
+    named = style.name if style is not None and not isinstance(style, TemplateStyle) else None
+    document: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                "prompt_style": named}
+    files = {}
+    if template is not None:
+        files[TEMPLATE_FILE] = template.text
+        document["chat_template"] = {"file": TEMPLATE_FILE, "sha256": template.sha256,
+                                     "special_tokens": template.special_tokens}
+    files[STYLE_FILE] = json.dumps(document, indent=2) + "\n"
+    return files
+
+
+def use_saved_style(directory: str | Path, tokenizer: Tokenizer) -> str | None:
+    """Give `tokenizer` the chat template `style_files` kept in `directory` (or none, when a
+    built-in style was kept); returns that built-in style's name. No file: nothing changes.
+
+    Example:
+        >>> import tempfile
+        >>> from sftkit.data.prompts import get_style
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name, text in style_files(gpt2_tokenizer(), get_style("phi3")).items():
+        ...     _ = (folder / name).write_text(text)
+        >>> use_saved_style(folder, gpt2_tokenizer())
+        'phi3'
+    """
+    path = Path(directory) / STYLE_FILE
+    if not path.is_file():
+        return None
+    document = _read_document(Path(directory), path.name)[0]
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.chat_template = _load_template(document.get("chat_template"),
+                                                 Path(directory), path)
+    return document.get("prompt_style")
+
+
 def _tokenizer_spec(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
     if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.name == "gpt2":
         return {"kind": "gpt2"}
@@ -151,9 +198,9 @@ def load_native_tokenizer(directory: str | Path) -> Tokenizer:
     return _load_tokenizer(document.get("tokenizer") or {}, directory, config_path)
 
 
-def _read_document(directory: Path) -> tuple[dict[str, Any], Path]:
-    """The checked `config.json` of a native directory, and its path."""
-    config_path = directory / CONFIG_FILE
+def _read_document(directory: Path, name: str = CONFIG_FILE) -> tuple[dict[str, Any], Path]:
+    """The checked `config.json` (or `name`) of a native directory, and its path."""
+    config_path = directory / name
     try:
         document = json.loads(config_path.read_text(encoding="utf-8"))
     except OSError as error:

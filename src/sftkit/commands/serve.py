@@ -69,7 +69,7 @@ def default_name(source: str) -> str:
     'smollm2-360m.q8_0'
     """
     path = Path(source).expanduser()
-    if path.name == "model" and path.parent.name:
+    if path.name in ("model", "adapter") and path.parent.name:  # a run's model/, a LoRA run's
         name = f"sftkit-{path.parent.name}"
     elif path.suffix in (".gguf", ".pth", ".pt"):
         name = path.stem

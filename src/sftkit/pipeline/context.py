@@ -55,9 +55,10 @@ class RunContext:
         return self.loaded_model
 
     def use_finetuned(self) -> None:
-        """Use the fine-tuned weights: those just trained, or `model/` from an earlier run."""
+        """Use the fine-tuned weights: those just trained, or `model/` (or a LoRA run's
+        `adapter/`) from an earlier run."""
         if not self.finetuned:
-            self._use(load_pretrained(str(self.run.model_dir),
+            self._use(load_pretrained(str(self.run.trained_model),
                                       style=self.config.data.style or None))
             self.finetuned = True
 

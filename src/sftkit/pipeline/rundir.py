@@ -11,6 +11,9 @@ themselves:
     checkpoints/                 directory under these names), checkpoints for resuming
     model/                       the fine-tuned model (sftkit's format)
     model-hf/                    the same, loadable by transformers' from_pretrained
+    adapter/                     a LoRA/DoRA run's adapter instead (PEFT's format, plus the
+                                 prompt style it trained with); `sftkit merge` writes model/
+                                 and model-hf/ from it
     responses.json               answers after fine-tuning (the book's format)
     eval.json                    validation loss, exact match and ROUGE-L, before and after;
                                  `timings`; the judge's summary under `judge`
@@ -39,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkit.checkpoints import RUN_CONFIG, RUN_MODEL
+from sftkit.checkpoints import RUN_ADAPTER, RUN_CONFIG, RUN_MODEL
 from sftkit.config import RunConfig
 from sftkit.errors import SftkitError
 from sftkit.io import write_json_atomic, write_text_atomic
@@ -100,6 +103,10 @@ class RunDir:
     @property
     def model_dir(self) -> Path:
         return self.root / RUN_MODEL
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.root / RUN_ADAPTER
 
     @property
     def model_hf_dir(self) -> Path:
@@ -178,14 +185,25 @@ class RunDir:
     # --- training ------------------------------------------------------------------------
 
     def has_model(self) -> bool:
+        """Whether training left a model: model/, or a LoRA run's adapter/."""
+        from sftkit.checkpoints.native import is_native_directory
+        from sftkit.checkpoints.peft_files import is_adapter_directory
+
+        return is_native_directory(self.model_dir) or is_adapter_directory(self.adapter_dir)
+
+    @property
+    def trained_model(self) -> Path:
+        """What loads as the fine-tuned model (`load_pretrained`): model/ when there is one,
+        else adapter/ (merged into its base at load)."""
         from sftkit.checkpoints.native import is_native_directory
 
-        return is_native_directory(self.model_dir)
+        return self.model_dir if is_native_directory(self.model_dir) else self.adapter_dir
 
     def training_begun(self) -> bool:
         """Whether training has left anything (curves, a checkpoint, a model)."""
         return any(path.exists() for path in (self.metrics_file, self.checkpoints_dir,
-                                              self.model_dir, self.model_hf_dir))
+                                              self.model_dir, self.model_hf_dir,
+                                              self.adapter_dir))
 
     def last_metrics(self) -> dict[str, Any] | None:
         """The last complete row of metrics.jsonl (a torn last line is skipped)."""

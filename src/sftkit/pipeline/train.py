@@ -1,4 +1,5 @@
-"""The train stage: fine-tune, then save `model/` (sftkit's format) and `model-hf/`.
+"""The train stage: fine-tune, then save `model/` (sftkit's format) and `model-hf/`, or, for
+a LoRA/DoRA run, only `adapter/` (PEFT's format; `sftkit merge` writes the merged model).
 
 The trainer writes metrics.jsonl, loss.png and checkpoints/ into the run directory itself."""
 
@@ -18,12 +19,9 @@ SAMPLE_TOKENS = 35
 
 
 def stage_train(context: RunContext) -> None:
-    from sftkit.checkpoints.hf import save_hf_directory
-    from sftkit.checkpoints.native import save_native
-
     run = context.run
     if run.has_model():
-        context.log(f"[train] done already: {run.model_dir}")
+        context.log(f"[train] done already: {run.trained_model}")
         return
     loaded = context.model()
     result = _fit(context)
@@ -32,14 +30,46 @@ def stage_train(context: RunContext) -> None:
     context.timings["train_supervised_tokens_per_s"] = round(
         result.supervised_tokens_per_second, 1)
     loaded.model.eval()
-    save_hf_directory(loaded.model, run.model_hf_dir, loaded.tokenizer)
-    # last: it marks the stage done; it keeps the prompt style (or template) trained with
-    save_native(loaded.model, loaded.tokenizer, run.model_dir, style=context.prompt_style)
+    saved = save_trained(context)
     context.finetuned = True
     context.log(f"[train] {progress.step} steps, {progress.supervised_tokens} supervised tokens "
                 f"in {progress.train_seconds:.0f} s ({result.supervised_tokens_per_second:.0f} "
-                f"tokens/s); val loss {result.val_loss}; model → {run.model_dir} (and "
-                f"{run.model_hf_dir} for transformers); curves → {run.loss_plot}")
+                f"tokens/s); val loss {result.val_loss}; {saved}; curves → {run.loss_plot}")
+
+
+def save_trained(context: RunContext) -> str:
+    """Save what training made: a LoRA/DoRA run's adapter/ (its model keeps the adapters
+    live), else model-hf/ and model/. Returns where, for the log. The directory that marks
+    the stage done (`RunDir.has_model`) is written last; it keeps the prompt style (or
+    template) trained with."""
+    from sftkit.checkpoints.hf import save_hf_directory
+    from sftkit.checkpoints.native import save_native, style_files
+    from sftkit.checkpoints.peft_files import save_adapter
+    from sftkit.peft import LoraSpec, adapter_layers
+
+    run, loaded, config = context.run, context.loaded_model, context.config
+    if config.train.method != "full":
+        layers = adapter_layers(loaded.model).values()
+        spec = next(iter(layers)).spec if layers else LoraSpec()  # no layers: save_adapter says
+        save_adapter(loaded.model, run.adapter_dir, base_model=_base_source(config.model.name),
+                     spec=spec, targets=config.lora.target_list,
+                     train_modules=config.lora.module_list,
+                     extra_files=style_files(loaded.tokenizer, context.prompt_style))
+        return f"adapter → {run.adapter_dir} (sftkit merge {run.root} writes the whole model)"
+    save_hf_directory(loaded.model, run.model_hf_dir, loaded.tokenizer)
+    save_native(loaded.model, loaded.tokenizer, run.model_dir, style=context.prompt_style)
+    return f"model → {run.model_dir} (and {run.model_hf_dir} for transformers)"
+
+
+def _base_source(name: str) -> str:
+    """The base model's name as an adapter records it: a local path made absolute, so the run
+    loads from any working directory."""
+    from pathlib import Path
+
+    from sftkit.models import PRESETS
+
+    path = Path(name).expanduser()
+    return str(path.resolve()) if name not in PRESETS and path.exists() else name
 
 
 def _fit(context: RunContext) -> TrainResult:
