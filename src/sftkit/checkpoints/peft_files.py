@@ -47,9 +47,10 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from sftkit.checkpoints.files import read_safetensors
 from sftkit.checkpoints.keymaps import (
@@ -172,12 +173,13 @@ def _fuse(model: Model, members: list[str], spec: LoraSpec) -> dict[str, torch.T
     family = model.config.family
     parts = our_modules(family, hf_module(family, members[0]))
     layers = adapter_layers(model)
-    a_blocks, b_blocks, magnitudes = [], [], []
+    a_blocks, magnitudes = [], []
+    b_blocks: list[tuple[torch.Tensor | None, int]] = []
     for part in parts:
         layer = layers.get(part)
         if layer is None:  # a fused sibling without adapter: zero rows of B, its own norms
             base = model.get_submodule(part)
-            b_blocks.append((None, int(base.out_features)))
+            b_blocks.append((None, _features(base)[0]))
             magnitudes.append(frozen_weight(base).detach().float().norm(dim=1))
             continue
         a_blocks.append(layer.lora_A.detach().float())
@@ -200,6 +202,11 @@ def _fuse(model: Model, members: list[str], spec: LoraSpec) -> dict[str, torch.T
     return fused
 
 
+def _features(linear: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a linear layer, plain or quantized."""
+    return int(cast(int, linear.out_features)), int(cast(int, linear.in_features))
+
+
 def _denominator(rank: int, rslora: bool) -> float:
     return math.sqrt(rank) if rslora else float(rank)
 
@@ -209,7 +216,7 @@ def _saved_modules(model: Model, train_modules: Sequence[str]) -> dict[str, torc
     if not train_modules:
         return {}
     layers = tuple(f"{name}." for name in adapter_layers(model))
-    trained = {name: parameter for name, parameter in model.named_parameters()
+    trained = {name: parameter.detach() for name, parameter in model.named_parameters()
                if parameter.requires_grad and not name.startswith(layers)}
     family = model.config.family
     return {HF_PREFIX[family] + name: tensor
@@ -352,8 +359,9 @@ def _apply_one(model: Model, theirs: str, tensors: dict[str, torch.Tensor], spec
                           f"{model.config.name or ''}".rstrip()) from None
     lora_a, lora_b = tensors[A_SUFFIX], tensors[B_SUFFIX]
     rank = lora_a.shape[0]
-    out_sizes = [int(base.out_features) for base in bases]
-    expected = {A_SUFFIX: (rank, bases[0].in_features), B_SUFFIX: (sum(out_sizes), rank)}
+    out_sizes = [_features(base)[0] for base in bases]
+    expected: dict[str, tuple[int, ...]] = {A_SUFFIX: (rank, _features(bases[0])[1]),
+                                            B_SUFFIX: (sum(out_sizes), rank)}
     if spec.dora:
         expected[MAGNITUDE_SUFFIXES[0]] = (sum(out_sizes),)
     for suffix, shape in expected.items():
