@@ -1,5 +1,8 @@
 """The train stage: fine-tune, then save `model/` (sftkit's format) and `model-hf/`.
 
+A LoRA/DoRA run trains adapters on the frozen model, then merges them into it before saving,
+so its `model/` is used like any other.
+
 The trainer writes metrics.jsonl, loss.png and checkpoints/ into the run directory itself."""
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ SAMPLE_TOKENS = 35
 def stage_train(context: RunContext) -> None:
     from sftkit.checkpoints.hf import save_hf_directory
     from sftkit.checkpoints.native import save_native
+    from sftkit.peft import merge_adapters
 
     run = context.run
     if run.has_model():
@@ -32,6 +36,8 @@ def stage_train(context: RunContext) -> None:
     context.timings["train_supervised_tokens_per_s"] = round(
         result.supervised_tokens_per_second, 1)
     loaded.model.eval()
+    if context.config.train.method != "full":
+        merge_adapters(loaded.model)
     save_hf_directory(loaded.model, run.model_hf_dir, loaded.tokenizer)
     # last: it marks the stage done; it keeps the prompt style (or template) trained with
     save_native(loaded.model, loaded.tokenizer, run.model_dir, style=context.prompt_style)
@@ -47,6 +53,7 @@ def _fit(context: RunContext) -> TrainResult:
     from sftkit.data.dataset import InstructionDataset
     from sftkit.generation import GenerationConfig, generate_responses
     from sftkit.models import Model
+    from sftkit.peft.setup import TrainableSummary, adapt_for_training
     from sftkit.training.loop import Trainer
 
     loaded, style = context.model(), context.prompt_style
@@ -56,13 +63,17 @@ def _fit(context: RunContext) -> TrainResult:
                                loss_on=loss_on)
     val = InstructionDataset(val_records, loaded.tokenizer, style, loss_on=loss_on)
     sample_config = GenerationConfig(max_new_tokens=SAMPLE_TOKENS)
+    train_config, lora = context.config.train, context.config.lora
+    adapted = adapt_for_training(loaded.model, train_config, lora)
+    context.log("[train] " + TrainableSummary.of(loaded.model, train_config.method, lora.r,
+                                                 adapted).describe())
 
     def sample(model: torch.nn.Module) -> str:
         entry = generate_responses(cast(Model, model), loaded.tokenizer, style, val_records[:1],
                                    sample_config)[0]
         return str(entry["model_response"])
 
-    trainer = Trainer(loaded.model, train, val, context.config.train, context.run_dir,
+    trainer = Trainer(loaded.model, train, val, train_config, context.run_dir,
                       max_length=context.config.data.max_length,
                       packing=context.config.data.packing, sample_fn=sample,
                       log=context.log)
