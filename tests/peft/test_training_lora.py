@@ -188,3 +188,25 @@ def test_full_method_adapts_nothing():
                                               vocab_size=100))
     assert adapt_for_training(model, TrainConfig(), LoraConfig()) == []
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_run_with_adapters_saves_a_merged_model(tmp_path, tiny_model_dir, capsys, method):
+    from sftkit.checkpoints import load_pretrained
+    from sftkit.cli import main
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records(60)))
+    args = ["run", f"runs_dir={tmp_path / 'runs'}", "name=t", f"model.name={tiny_model_dir}",
+            f"data.source={data}", "train.epochs=1", "train.lr=1e-2", "train.eval_every=0",
+            "train.precision=fp32", f"train.method={method}", "lora.r=4", "lora.dropout=0.1",
+            "generate.max_new_tokens=4", "generate.batch_size=4"]
+    assert main(args) == 0
+    assert f"[train] {method} r=4 on 6 layers: " in capsys.readouterr().out
+    run = tmp_path / "runs" / "t"
+    reloaded = load_pretrained(str(run / "model"))
+    before = load_pretrained(str(tiny_model_dir))
+    changed = [name for name, p in reloaded.model.named_parameters()
+               if not torch.equal(p, before.model.get_parameter(name))]
+    assert changed and all(".attn." in name or ".mlp." in name for name in changed)
+    assert json.loads((run / "eval.json").read_text())["after"]["val_loss"] > 0
