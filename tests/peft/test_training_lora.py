@@ -210,3 +210,21 @@ def test_run_with_adapters_saves_a_merged_model(tmp_path, tiny_model_dir, capsys
                if not torch.equal(p, before.model.get_parameter(name))]
     assert changed and all(".attn." in name or ".mlp." in name for name in changed)
     assert json.loads((run / "eval.json").read_text())["after"]["val_loss"] > 0
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_lora_forward_equals_base_plus_scaled_update(dropout):
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(12, 10), LoraSpec(r=3, alpha=6, dropout=dropout))
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    trained = [x, layer.lora_A, layer.lora_B]
+    torch.manual_seed(1)
+    fused = layer(x)
+    torch.manual_seed(1)  # the same dropout mask
+    plain = layer.base(x) + layer.lora_path(x)
+    torch.testing.assert_close(fused, plain)
+    grad = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(fused, trained, grad),
+                    torch.autograd.grad(plain, trained, grad)):
+        torch.testing.assert_close(a, b)

@@ -128,7 +128,15 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
-        return result + self.lora_path(x).to(result.dtype)
+        if result.dtype != self.lora_B.dtype or torch.is_autocast_enabled(x.device.type):
+            return result + self.lora_path(x).to(result.dtype)
+        # The same sum, with the scale applied to the rank-r activations and the addition
+        # done by B's matmul (addmm): no extra passes over the (tokens x out_features) output
+        # in forward or backward.
+        down = F.linear(self.dropout(x), self.lora_A) * self.scaling
+        summed = torch.addmm(result.reshape(-1, self.out_features),
+                             down.reshape(-1, self.spec.r), self.lora_B.t())
+        return summed.view(result.shape)
 
     def extra_repr(self) -> str:
         return f"r={self.spec.r}, scaling={self.scaling:g}"
