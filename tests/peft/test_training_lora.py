@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -228,3 +229,17 @@ def test_lora_forward_equals_base_plus_scaled_update(dropout):
     for a, b in zip(torch.autograd.grad(fused, trained, grad),
                     torch.autograd.grad(plain, trained, grad)):
         torch.testing.assert_close(a, b)
+
+
+def test_adapters_start_from_the_run_seed_and_leave_the_global_state():
+    model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
+                                              vocab_size=100))
+    twin = copy.deepcopy(model)
+    config = TrainConfig(method="lora", seed=5)
+    torch.manual_seed(1)
+    adapt_for_training(model, config, LoraConfig())
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(1).get_state())
+    torch.manual_seed(2)
+    adapt_for_training(twin, config, LoraConfig())
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        assert torch.equal(a, b), name

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from sftkit.config import LoraConfig, TrainConfig
 from sftkit.errors import SftkitError
 from sftkit.models.base import DecoderModel
@@ -40,8 +42,9 @@ def lora_spec(train: TrainConfig, lora: LoraConfig) -> LoraSpec:
 
 def adapt_for_training(model: DecoderModel, train: TrainConfig, lora: LoraConfig) -> list[str]:
     """Apply LoRA/DoRA to `model` as `train.method` and `lora` say; returns the adapted
-    modules' names (none for full fine-tuning). A target or module the model does not have is
-    a `SftkitError` naming the config key."""
+    modules' names (none for full fine-tuning). The adapters start from `train.seed` (the
+    global random state is left as it was). A target or module the model does not have is a
+    `SftkitError` naming the config key."""
     if train.method == "full":
         return []
     try:
@@ -52,7 +55,9 @@ def adapt_for_training(model: DecoderModel, train: TrainConfig, lora: LoraConfig
     if unknown:
         raise SftkitError(f"lora.train_modules: {', '.join(map(repr, unknown))} cannot train "
                           f"beside the adapters; choose from {', '.join(TRAINABLE_GROUPS)}")
-    return apply_lora(model, lora_spec(train, lora), lora.target_list, lora.module_list)
+    with torch.random.fork_rng(devices=[]):  # the adapters' start follows `train.seed` alone
+        torch.manual_seed(train.seed)
+        return apply_lora(model, lora_spec(train, lora), lora.target_list, lora.module_list)
 
 
 @dataclass(frozen=True)
