@@ -214,9 +214,11 @@ def test_run_with_adapters_saves_a_merged_model(tmp_path, tiny_model_dir, capsys
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_lora_forward_equals_base_plus_scaled_update(dropout):
+@pytest.mark.parametrize("bias", [True, False])
+def test_lora_forward_equals_base_plus_scaled_update(dropout, bias):
     torch.manual_seed(0)
-    layer = LoRALinear(torch.nn.Linear(12, 10), LoraSpec(r=3, alpha=6, dropout=dropout))
+    layer = LoRALinear(torch.nn.Linear(12, 10, bias=bias),
+                       LoraSpec(r=3, alpha=6, dropout=dropout))
     torch.nn.init.normal_(layer.lora_B)
     x = torch.randn(2, 5, 12, requires_grad=True)
     trained = [x, layer.lora_A, layer.lora_B]
@@ -225,10 +227,11 @@ def test_lora_forward_equals_base_plus_scaled_update(dropout):
     torch.manual_seed(1)  # the same dropout mask
     plain = layer.base(x) + layer.lora_path(x)
     torch.testing.assert_close(fused, plain)
-    grad = torch.randn_like(plain)
+    grad = torch.randn_like(plain).transpose(0, 1).contiguous().transpose(0, 1)  # strided
     for a, b in zip(torch.autograd.grad(fused, trained, grad),
                     torch.autograd.grad(plain, trained, grad)):
         torch.testing.assert_close(a, b)
+    assert layer.base.weight.grad is None
 
 
 def test_adapters_start_from_the_run_seed_and_leave_the_global_state():

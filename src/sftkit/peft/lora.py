@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftkit.peft.fused import lora_linear
+
 
 @dataclass(frozen=True)
 class LoraSpec:
@@ -127,16 +129,16 @@ class LoRALinear(nn.Module):
                         self.lora_B) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)
-        if result.dtype != self.lora_B.dtype or torch.is_autocast_enabled(x.device.type):
-            return result + self.lora_path(x).to(result.dtype)
-        # The same sum, with the scale applied to the rank-r activations and the addition
-        # done by B's matmul (addmm): no extra passes over the (tokens x out_features) output
-        # in forward or backward.
-        down = F.linear(self.dropout(x), self.lora_A) * self.scaling
-        summed = torch.addmm(result.reshape(-1, self.out_features),
-                             down.reshape(-1, self.spec.r), self.lora_B.t())
-        return summed.view(result.shape)
+        base = self.base
+        if (isinstance(base, nn.Linear) and not base.weight.requires_grad
+                and x.dtype == base.weight.dtype == self.lora_A.dtype
+                and not torch.is_autocast_enabled(x.device.type)):
+            # The same sum as one autograd step, without extra passes over the activations
+            # (`sftkit.peft.fused`).
+            return lora_linear(x, self.dropout(x), base.weight, base.bias, self.lora_A,
+                               self.lora_B, self.scaling)
+        result = base(x)
+        return result + self.lora_path(x).to(result.dtype)
 
     def extra_repr(self) -> str:
         return f"r={self.spec.r}, scaling={self.scaling:g}"
