@@ -35,7 +35,7 @@ from benchmarks.machine import (  # noqa: E402
 from benchmarks.report import Report  # noqa: E402
 from benchmarks.training import Spec, model_config, run_group  # noqa: E402
 
-SECTIONS = ("peak", "train", "levers", "generate", "memory", "quality", "packing")
+SECTIONS = ("peak", "train", "levers", "generate", "memory", "quality", "packing", "lora")
 #: Shrunken presets for --quick (same families, seconds per step).
 QUICK_OVERRIDES = {
     "gpt2": {"n_layers": 2, "emb_dim": 64, "n_heads": 4},
@@ -172,6 +172,21 @@ def section_packing(args, report: Report) -> None:
     report.packing = packing.markdown(results, args.quick)
 
 
+def section_lora(args, report: Report, tmp: Path) -> None:
+    from benchmarks import lora
+
+    groups = []
+    load_before = load_average()
+    for model in ("gpt2", "smollm2-135m"):
+        hf_dir = export_for_transformers(args, model, tmp / f"hf-lora-{model}")
+        overrides = QUICK_OVERRIDES.get(model, {}) if args.quick else {}
+        print(f"\n## LoRA: {model}, full / LoRA / DoRA / transformers + peft")
+        groups.append((model, run_group(lora.specs(model, DataSpec(), hf_dir, args.threads,
+                                                   overrides), args.warmup, args.steps)))
+    report.lora = lora.markdown(groups, report.machine, (load_before, load_average()),
+                                args.steps)
+
+
 def section_generate(args, report: Report) -> None:
     from benchmarks.generation import run_generation
 
@@ -215,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             section_quality(args, report)
         if "packing" in only:
             section_packing(args, report)
+        if "lora" in only:
+            section_lora(args, report, Path(tmp))
     report.load_after = load_average()
     report.seconds = time.perf_counter() - started
     text = report.markdown()

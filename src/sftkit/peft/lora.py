@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftkit.peft.fused import lora_linear
+
 
 @dataclass(frozen=True)
 class LoraSpec:
@@ -127,7 +129,15 @@ class LoRALinear(nn.Module):
                         self.lora_B) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)
+        base = self.base
+        if (isinstance(base, nn.Linear) and not base.weight.requires_grad
+                and x.dtype == base.weight.dtype == self.lora_A.dtype
+                and not torch.is_autocast_enabled(x.device.type)):
+            # The same sum as one autograd step, without extra passes over the activations
+            # (`sftkit.peft.fused`).
+            return lora_linear(x, self.dropout(x), base.weight, base.bias, self.lora_A,
+                               self.lora_B, self.scaling)
+        result = base(x)
         return result + self.lora_path(x).to(result.dtype)
 
     def extra_repr(self) -> str:

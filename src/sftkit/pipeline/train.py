@@ -19,6 +19,8 @@ SAMPLE_TOKENS = 35
 
 
 def stage_train(context: RunContext) -> None:
+    from sftkit.peft import merge_adapters
+
     run = context.run
     if run.has_model():
         context.log(f"[train] done already: {run.trained_model}")
@@ -31,6 +33,7 @@ def stage_train(context: RunContext) -> None:
         result.supervised_tokens_per_second, 1)
     loaded.model.eval()
     saved = save_trained(context)
+    merge_adapters(loaded.model)  # the answers that follow run faster on plain layers
     context.finetuned = True
     context.log(f"[train] {progress.step} steps, {progress.supervised_tokens} supervised tokens "
                 f"in {progress.train_seconds:.0f} s ({result.supervised_tokens_per_second:.0f} "
@@ -38,8 +41,7 @@ def stage_train(context: RunContext) -> None:
 
 
 def save_trained(context: RunContext) -> str:
-    """Save what training made: a LoRA/DoRA run's adapter/ (its model keeps the adapters
-    live), else model-hf/ and model/. Returns where, for the log. The directory that marks
+    """Save what training made: a LoRA/DoRA run's adapter/, else model-hf/ and model/. Returns where, for the log. The directory that marks
     the stage done (`RunDir.has_model`) is written last; it keeps the prompt style (or
     template) trained with."""
     from sftkit.checkpoints.hf import save_hf_directory
@@ -77,6 +79,7 @@ def _fit(context: RunContext) -> TrainResult:
     from sftkit.data.dataset import InstructionDataset
     from sftkit.generation import GenerationConfig, generate_responses
     from sftkit.models import Model
+    from sftkit.peft.setup import TrainableSummary, adapt_for_training
     from sftkit.training.loop import Trainer
 
     loaded, style = context.model(), context.prompt_style
@@ -86,13 +89,17 @@ def _fit(context: RunContext) -> TrainResult:
                                loss_on=loss_on)
     val = InstructionDataset(val_records, loaded.tokenizer, style, loss_on=loss_on)
     sample_config = GenerationConfig(max_new_tokens=SAMPLE_TOKENS)
+    train_config, lora = context.config.train, context.config.lora
+    adapted = adapt_for_training(loaded.model, train_config, lora)
+    context.log("[train] " + TrainableSummary.of(loaded.model, train_config.method, lora.r,
+                                                 adapted).describe())
 
     def sample(model: torch.nn.Module) -> str:
         entry = generate_responses(cast(Model, model), loaded.tokenizer, style, val_records[:1],
                                    sample_config)[0]
         return str(entry["model_response"])
 
-    trainer = Trainer(loaded.model, train, val, context.config.train, context.run_dir,
+    trainer = Trainer(loaded.model, train, val, train_config, context.run_dir,
                       max_length=context.config.data.max_length,
                       packing=context.config.data.packing, sample_fn=sample,
                       log=context.log)

@@ -8,6 +8,11 @@ checkpoint that looks complete but is not. A checkpoint damaged later (disk, cop
 resume in favour of the newest one that loads, and the staging directories a crash mid-save
 leaves behind are removed at the next start.
 
+A model that trains only in part (LoRA/DoRA adapters on a frozen base) is checkpointed by its
+trainable parameters alone: the frozen base is the run's starting model, rebuilt before a
+resume, so a checkpoint is megabytes, not the whole model. Resuming checks that the trainable
+parameters' names and shapes match (another `lora.r` or `lora.targets` does not).
+
 Example:
     >>> import tempfile
     >>> model = torch.nn.Linear(2, 2)
@@ -37,7 +42,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from sftkit.errors import SftkitError
 from sftkit.io import atomic_directory, write_text_atomic
@@ -47,6 +52,7 @@ from sftkit.training.optim import OptimizerLike
 #: `io.atomic_directory` makes beside it.
 _CHECKPOINT = re.compile(r"step-(\d+)")
 _STAGING = re.compile(r"\.(step-\d+)\..+\.(tmp|old)")
+WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -70,7 +76,7 @@ def save_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
     name = f"step-{progress.step:06d}"
     final = checkpoints_dir / name
     with atomic_directory(final) as staging:
-        save_model(model, str(staging / "model.safetensors"))
+        save_weights(model, staging / WEIGHTS)
         state = {
             "optimizer": optimizer.state_dict(),
             "progress": asdict(progress),
@@ -150,11 +156,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module,
     file is a `SftkitError` naming it (the model may then hold part of it: load another).
     """
     state = _read_trainer_state(path / "trainer_state.pt")
-    weights = path / "model.safetensors"
-    try:
-        load_model(model, str(weights), strict=True)
-    except (OSError, RuntimeError, SafetensorError) as error:
-        raise SftkitError(f"{weights}: cannot be loaded ({_first_line(error)})") from None
+    load_weights(model, path / WEIGHTS)
     if optimizer is not None:
         try:
             optimizer.load_state_dict(state["optimizer"])
@@ -165,6 +167,56 @@ def load_checkpoint(path: Path, model: torch.nn.Module,
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return TrainProgress(**state["progress"])
+
+
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The trainable parameters by name when only part of `model` trains (adapters), else
+    None (everything trains: the whole model is saved)."""
+    parameters = dict(model.named_parameters())  # a shared (tied) tensor once
+    trainable = {name: p.detach() for name, p in parameters.items() if p.requires_grad}
+    return trainable if len(trainable) < len(parameters) else None
+
+
+def save_weights(model: torch.nn.Module, file: Path) -> None:
+    """The model's weights, or only its trainable ones when part of it is frozen."""
+    trainable = trainable_tensors(model)
+    if trainable is None:
+        save_model(model, str(file))
+    else:
+        save_file({name: t.contiguous() for name, t in trainable.items()}, str(file))
+
+
+def load_weights(model: torch.nn.Module, file: Path) -> None:
+    """Restore what `save_weights` wrote; a file made for another set-up is a `SftkitError`."""
+    trainable = trainable_tensors(model)
+    try:
+        if trainable is None:
+            load_model(model, str(file), strict=True)
+            return
+        tensors = load_file(str(file))
+    except (OSError, RuntimeError, SafetensorError) as error:
+        raise SftkitError(f"{file}: cannot be loaded ({_first_line(error)})") from None
+    mismatch = _shape_mismatch(tensors, trainable)
+    if mismatch:
+        raise SftkitError(f"{file}: its trainable parameters do not match the model's "
+                          f"({mismatch}); was it written with another train.method, lora.r, "
+                          "lora.targets or lora.train_modules? Resume with the same ones")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(tensors[name])
+
+
+def _shape_mismatch(found: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor]) -> str:
+    """What differs between the names and shapes of two sets of tensors ("" if nothing)."""
+    missing = [name for name in wanted if name not in found]
+    unexpected = [name for name in found if name not in wanted]
+    reshaped = [f"{name} {tuple(found[name].shape)} != {tuple(tensor.shape)}"
+                for name, tensor in wanted.items()
+                if name in found and found[name].shape != tensor.shape]
+    parts = [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+             for label, names in (("missing", missing), ("unexpected", unexpected),
+                                  ("shape", reshaped)) if names]
+    return "; ".join(parts)
 
 
 def _read_trainer_state(file: Path) -> dict[str, Any]:
