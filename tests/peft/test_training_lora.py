@@ -192,7 +192,8 @@ def test_full_method_adapts_nothing():
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
-def test_run_with_adapters_saves_a_merged_model(tmp_path, tiny_model_dir, capsys, method):
+def test_run_with_adapters_saves_an_adapter_that_loads_merged(tmp_path, tiny_model_dir, capsys,
+                                                              method):
     from sftkit.checkpoints import load_pretrained
     from sftkit.cli import main
 
@@ -205,7 +206,9 @@ def test_run_with_adapters_saves_a_merged_model(tmp_path, tiny_model_dir, capsys
     assert main(args) == 0
     assert f"[train] {method} r=4 on 6 layers: " in capsys.readouterr().out
     run = tmp_path / "runs" / "t"
-    reloaded = load_pretrained(str(run / "model"))
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (run / "model").exists()
+    reloaded = load_pretrained(str(run))
     before = load_pretrained(str(tiny_model_dir))
     changed = [name for name, p in reloaded.model.named_parameters()
                if not torch.equal(p, before.model.get_parameter(name))]
