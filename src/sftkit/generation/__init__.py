@@ -1,5 +1,5 @@
-"""Text generation: the continuously batched, KV-cached token loop, stop strings, printable streaming, the
-book's responses format, and the set-up of a loaded model's generation settings.
+"""Text generation: the continuously batched, KV-cached token loop, stop strings, printable
+streaming, the book's responses format, and the set-up of a loaded model's generation settings.
 
 Example:
     >>> from sftkit.generation import GenerationConfig

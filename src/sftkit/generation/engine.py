@@ -36,6 +36,8 @@ from sftkit.models import Model
 
 __all__ = ["GenerationConfig", "generate", "stream", "stream_batch"]
 
+DEFAULT_CONFIG = GenerationConfig()
+
 
 @contextlib.contextmanager
 def _eval_mode(model: Model) -> Iterator[None]:
@@ -62,7 +64,7 @@ def _batcher(model: Model, prompts: Sequence[Sequence[int]], config: GenerationC
 
 @torch.inference_mode()
 def generate(model: Model, prompts: Sequence[Sequence[int]],
-             config: GenerationConfig = GenerationConfig(),
+             config: GenerationConfig = DEFAULT_CONFIG,
              decode: Decode | None = None,
              progress: Callable[[int], None] | None = None) -> list[list[int]]:
     """New token ids for every prompt (stop token excluded), in the prompts' order.
@@ -84,7 +86,7 @@ def generate(model: Model, prompts: Sequence[Sequence[int]],
 
 @torch.inference_mode()
 def stream_batch(model: Model, prompts: Sequence[Sequence[int]],
-                 config: GenerationConfig = GenerationConfig(),
+                 config: GenerationConfig = DEFAULT_CONFIG,
                  should_stop: TokenCheck | None = None
                  ) -> Iterator[tuple[int, int | None]]:
     """Yield (row, token) for several prompts at once as tokens are generated, and (row, None)
@@ -126,7 +128,7 @@ def stream_batch(model: Model, prompts: Sequence[Sequence[int]],
 
 
 def stream(model: Model, prompt: Sequence[int],
-           config: GenerationConfig = GenerationConfig(),
+           config: GenerationConfig = DEFAULT_CONFIG,
            decode: Decode | None = None) -> Iterator[int]:
     """Yield the new tokens of one prompt as they are generated (for chat and serving)."""
     should_stop = StopStrings(config.stop_strings).token_check(decode)
