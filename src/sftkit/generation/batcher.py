@@ -3,8 +3,8 @@ its own length; a finished request's slot takes the next waiting prompt at the n
 the batch stays full until the queue is empty.
 
 Each `step()`: cancelled requests leave; every live row's last token is decoded in one forward
-call (each row at its own position); waiting prompts are prefilled, one by one, into the free
-slots; then every row picks its next token with its own settings (`RowSampling`) and the step
+call (each row at its own position); waiting prompts are prefilled, together in one more call,
+into the free slots; then every row picks its next token with its own settings (`RowSampling`) and the step
 reports it as an `Event`. Live rows stay at the front of the cache (a finished row's slot
 takes the last row), so a step computes only live rows. Requests may be added and cancelled
 from other threads while another runs the steps.
@@ -142,7 +142,8 @@ class ContinuousBatcher:
         events = self._drop_cancelled()
         logits = [self._decode()] if self._rows else []
         admitted = self._admit(events)
-        logits += [self._prefill(slot, row) for slot, row in admitted]
+        if admitted:
+            logits.append(self._prefill(admitted))
         if logits:
             events += self._sample(torch.cat(logits))
         return events
@@ -157,31 +158,42 @@ class ContinuousBatcher:
         ended = gone + [row for row in self._rows if row.request in cancelled]
         return [Event(row.request, None, "cancelled") for row in ended]
 
-    def _admit(self, events: list[Event]) -> list[tuple[int, _Row]]:
-        """Move waiting requests into the free slots; a request with nothing to generate ends
-        at once."""
+    def _admit(self, events: list[Event]) -> list[_Row]:
+        """Move waiting requests into the free slots (after the live rows); a request with
+        nothing to generate ends at once."""
         admitted = []
         with self._lock:
-            while self._waiting and len(self._rows) < self.slots:
+            while self._waiting and len(self._rows) + len(admitted) < self.slots:
                 row = self._waiting.popleft()
                 if row.max_new == 0:
                     events.append(Event(row.request, None, "length"))
-                    continue
-                admitted.append((len(self._rows), row))
-                self._rows.append(row)
+                else:
+                    admitted.append(row)
             # Room for the queue too: `generate` queues every prompt first, so it allocates once.
             longest = max((len(row.prompt) + row.max_new
-                           for row in itertools.chain(self._rows, self._waiting)), default=0)
+                           for row in itertools.chain(admitted, self._waiting)), default=0)
         self.cache.grow(longest)
         return admitted
 
-    def _prefill(self, slot: int, row: _Row) -> torch.Tensor:
-        """The prompt into its slot of the cache; the logits (1, V) of its first new token."""
-        prompt = torch.tensor([row.prompt], dtype=torch.long, device=self.device)
-        # The output head only at the last position: the others' logits are not needed.
-        hidden = self.model.forward_hidden(prompt, kv_cache=self.cache.rows(slot, slot + 1),
-                                           input_pos=0)
-        return self.model.lm_head(hidden[:, -1])
+    def _prefill(self, admitted: list[_Row]) -> torch.Tensor:
+        """The admitted prompts into the slots after the live rows, in one forward call; the
+        logits (k, V) of their first new tokens.
+
+        Prompts are right-padded: a prompt's tokens never attend to the padding after them
+        (causal), and the padding's cache slots are overwritten by the row's own next tokens
+        before any query of the row can attend to them."""
+        lengths = [len(row.prompt) for row in admitted]
+        prompts = torch.zeros((len(admitted), max(lengths)), dtype=torch.long)
+        for index, row in enumerate(admitted):
+            prompts[index, :len(row.prompt)] = torch.tensor(row.prompt)
+        start = len(self._rows)
+        hidden = self.model.forward_hidden(
+            prompts.to(self.device), input_pos=0,
+            kv_cache=self.cache.rows(start, start + len(admitted)))
+        self._rows += admitted
+        last = torch.tensor(lengths, device=self.device) - 1
+        # The output head only at each prompt's last token: the others' logits are not needed.
+        return self.model.lm_head(hidden[torch.arange(len(admitted)), last])
 
     def _decode(self) -> torch.Tensor:
         """Every live row's last token at its own position; their next logits (B, V)."""
