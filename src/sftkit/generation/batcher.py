@@ -154,9 +154,10 @@ class ContinuousBatcher:
             gone = [row for row in self._waiting if row.request in cancelled]
             for row in gone:
                 self._waiting.remove(row)
-        self._remove([slot for slot, row in enumerate(self._rows) if row.request in cancelled])
-        ended = gone + [row for row in self._rows if row.request in cancelled]
-        return [Event(row.request, None, "cancelled") for row in ended]
+        slots = [slot for slot, row in enumerate(self._rows) if row.request in cancelled]
+        gone += [self._rows[slot] for slot in slots]
+        self._remove(slots)
+        return [Event(row.request, None, "cancelled") for row in gone]
 
     def _admit(self, events: list[Event]) -> list[_Row]:
         """Move waiting requests into the free slots (after the live rows); a request with
