@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_generation import TINY, tiny, uncached_greedy
 
 from sftkit.errors import SftkitError
 from sftkit.generation import ContinuousBatcher, GenerationConfig, generate
-
-from test_generation import TINY, tiny, uncached_greedy
 
 #: Lengths from 1 to 40 tokens: rows sit at very different positions of one cache.
 PROMPTS = [[(7 * i + 3 * j) % 97 + 1 for j in range(length)]

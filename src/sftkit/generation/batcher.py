@@ -4,10 +4,10 @@ the batch stays full until the queue is empty.
 
 Each `step()`: cancelled requests leave; every live row's last token is decoded in one forward
 call (each row at its own position); waiting prompts are prefilled, together in one more call,
-into the free slots; then every row picks its next token with its own settings (`RowSampling`) and the step
-reports it as an `Event`. Live rows stay at the front of the cache (a finished row's slot
-takes the last row), so a step computes only live rows. Requests may be added and cancelled
-from other threads while another runs the steps.
+into the free slots; then every row picks its next token with its own settings
+(`RowSampling`), and the step reports it as an `Event`. Live rows stay at the front of the
+cache (a finished row's slot takes the last row), so a step computes only live rows. Requests
+may be added and cancelled from other threads while another runs the steps.
 
 Example (a tiny random model; more prompts than slots):
     >>> import torch
@@ -162,7 +162,7 @@ class ContinuousBatcher:
     def _admit(self, events: list[Event]) -> list[_Row]:
         """Move waiting requests into the free slots (after the live rows); a request with
         nothing to generate ends at once."""
-        admitted = []
+        admitted: list[_Row] = []
         with self._lock:
             while self._waiting and len(self._rows) + len(admitted) < self.slots:
                 row = self._waiting.popleft()
