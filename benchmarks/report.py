@@ -49,6 +49,7 @@ class Report:
     memory: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
     packing: str = ""  # the packing section's Markdown (benchmarks/packing.py)
+    continuous: str = ""  # continuous against static batching (benchmarks/continuous.py)
     profile: str = ""
 
     # ---- collection -------------------------------------------------------------------
@@ -135,6 +136,8 @@ class Report:
             parts.append(self._levers())
         if self.generation:
             parts.append(self._generation())
+        if self.continuous:
+            parts.append(self.continuous)
         if self.memory:
             parts.append(self._memory())
         if self.quality:
