@@ -20,12 +20,12 @@ from benchmarks.machine import cpu_info, load_average  # noqa: E402
 from benchmarks.static_batching import generate_static  # noqa: E402
 
 STATIC_BATCH = 64  # today's `GenerationConfig.batch_size` default
-CONTINUOUS_BATCHES = (32, 16, 8)  # most telling first: a busy machine may cut the run
+CONTINUOUS_SLOTS = (64, 32, 16, 8)  # most telling first: a busy machine may cut the run
 
 
 def run_continuous(data: DataSpec, max_new_tokens: int, max_prompts: int | None = None,
-                   log=print) -> dict[str, Any]:
-    """Time static batching (batch 64) and continuous batching (8/16/32 slots), interleaved."""
+                   slots: tuple[int, ...] = CONTINUOUS_SLOTS, log=print) -> dict[str, Any]:
+    """Time static batching (batch 64), then continuous batching with each of `slots`."""
     from sftkit.checkpoints import load_pretrained
     from sftkit.data.prompts import get_style
     from sftkit.generation import GenerationConfig, generate
@@ -40,13 +40,13 @@ def run_continuous(data: DataSpec, max_new_tokens: int, max_prompts: int | None 
     def static() -> list[list[int]]:
         return generate_static(model, prompts, max_new_tokens, {eos}, STATIC_BATCH)
 
-    def continuous(slots: int):
+    def continuous(count: int):
         config = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=(eos,),
-                                  batch_size=slots)
+                                  batch_size=count)
         return lambda: generate(model, prompts, config)
 
     runs = {f"static batch {STATIC_BATCH}": static,
-            **{f"continuous {slots} slots": continuous(slots) for slots in CONTINUOUS_BATCHES}}
+            **{f"continuous {count} slots": continuous(count) for count in slots}}
     generate_static(model, prompts[:2], 4, {eos}, 2)  # warm-up (first allocations)
     results: dict[str, Any] = {"prompts": len(prompts), "max_new_tokens": max_new_tokens,
                                "data": data.label, "machine": cpu_info(),
@@ -95,9 +95,11 @@ def main() -> None:
     parser.add_argument("--data", help="instruction file (default: the embedded data)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--prompts", type=int, help="only the first N test prompts")
+    parser.add_argument("--slots", type=int, nargs="+", default=list(CONTINUOUS_SLOTS),
+                        help="continuous batching's slot counts to measure")
     args = parser.parse_args()
     results = run_continuous(DataSpec(args.data) if args.data else DataSpec(),
-                             args.max_new_tokens, args.prompts)
+                             args.max_new_tokens, args.prompts, tuple(args.slots))
     print("\n" + markdown(results))
 
 
