@@ -70,6 +70,7 @@ def test_seed_generation_loop_matches_sftkit_generate(bench):
 
 def test_old_static_batching_matches_continuous_batching(bench):
     from benchmarks.static_batching import generate_static
+
     from sftkit.generation import GenerationConfig, generate
 
     training = bench["training"]
