@@ -50,6 +50,7 @@ class Report:
     quality: dict[str, Any] | None = None
     packing: str = ""  # the packing section's Markdown (benchmarks/packing.py)
     lora: str = ""  # the LoRA section's Markdown (benchmarks/lora.py)
+    continuous: str = ""  # continuous against static batching (benchmarks/continuous.py)
     profile: str = ""
 
     # ---- collection -------------------------------------------------------------------
@@ -136,6 +137,8 @@ class Report:
             parts.append(self._levers())
         if self.generation:
             parts.append(self._generation())
+        if self.continuous:
+            parts.append(self.continuous)
         if self.memory:
             parts.append(self._memory())
         if self.quality:

@@ -195,6 +195,11 @@ def section_generate(args, report: Report) -> None:
     report.add_generation(run_generation(
         data, args.max_new_tokens, args.baseline_prompts, args.gen_batch_size,
         max_prompts=6 if args.quick else None))
+    from benchmarks.continuous import markdown, run_continuous
+
+    print(f"\n## continuous batching against static batching on {data.label}")
+    report.continuous = markdown(run_continuous(data, args.max_new_tokens,
+                                                max_prompts=6 if args.quick else None))
 
 
 def main(argv: list[str] | None = None) -> int:

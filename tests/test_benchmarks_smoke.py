@@ -68,6 +68,20 @@ def test_seed_generation_loop_matches_sftkit_generate(bench):
     assert seed_way == ours
 
 
+def test_old_static_batching_matches_continuous_batching(bench):
+    from benchmarks.static_batching import generate_static
+
+    from sftkit.generation import GenerationConfig, generate
+
+    training = bench["training"]
+    model = training.build_weights(training.Spec(kind="baseline", model="gpt2",
+                                                 overrides=TINY_GPT2))
+    prompts = [[1, 2, 3], [4, 5], list(range(10, 30)), [7]]
+    static = generate_static(model, prompts, 6, {50256}, batch_size=3)
+    assert static == generate(model, prompts, GenerationConfig(max_new_tokens=6, batch_size=2,
+                                                               stop_ids=(50256,)))
+
+
 @pytest.mark.slow
 def test_quick_run_writes_results(tmp_path):
     out = tmp_path / "RESULTS.md"

@@ -123,3 +123,41 @@ def test_tied_head_shares_the_embedding():
     assert model.lm_head.weight is model.tok_emb.weight
     untied = tiny_model("llama-untied")
     assert untied.lm_head.weight is not untied.tok_emb.weight
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+@torch.no_grad()
+def test_rows_at_their_own_lengths_match_full_forward(kind):
+    """Continuous batching's cache path: each prompt prefilled into its own row (right-padded
+    together), then every row decoded at its own position in one call (a (B, T) input_pos)."""
+    model = tiny_model(kind)
+    rows = [torch.randint(0, 97, (length,), generator=torch.Generator().manual_seed(length))
+            for length in (9, 2, 5)]
+    cache = model.make_kv_cache(batch_size=4, max_len=16)
+    padded = torch.zeros(2, 9, dtype=torch.long)
+    padded[0], padded[1, :2] = rows[0], rows[1]
+    model(padded, kv_cache=cache.rows(0, 2), input_pos=0)
+    model(rows[2][None], kv_cache=cache.rows(2, 3), input_pos=0)
+    lengths = [9, 2, 5]
+    for _ in range(3):
+        nxt = torch.randint(0, 97, (3, 1))
+        logits = model(nxt, kv_cache=cache, input_pos=torch.tensor(lengths)[:, None])
+        for row in range(3):
+            rows[row] = torch.cat([rows[row], nxt[row]])
+            torch.testing.assert_close(logits[row, -1], model(rows[row][None])[0, -1],
+                                       atol=1e-5, rtol=1e-5)
+        lengths = [length + 1 for length in lengths]
+
+
+def test_cache_rows_move_and_grow():
+    model = tiny_model("gpt2")
+    cache = model.make_kv_cache(batch_size=2, max_len=4)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), kv_cache=cache.rows(1, 2), input_pos=0)
+    assert cache.keys[0][0].abs().sum() == 0 and cache.keys[0][1, :, :3].abs().sum() > 0
+    cache.move_row(1, 0, length=3)
+    assert torch.equal(cache.keys[1][0, :, :3], cache.keys[1][1, :, :3])
+    stored = cache.values[0][:, :, :4].clone()
+    cache.grow(10)
+    assert cache.max_len == 10 and cache.keys[0].shape[2] == 10
+    assert torch.equal(cache.values[0][:, :, :4], stored)

@@ -11,7 +11,8 @@ from typing import Any
 
 from sftkit.data.formats import is_conversation, split_last_answer
 from sftkit.data.prompts import PromptStyle
-from sftkit.generation.engine import GenerationConfig, generate
+from sftkit.generation.config import GenerationConfig
+from sftkit.generation.engine import generate
 from sftkit.models import Model
 from sftkit.tokenizers import Tokenizer
 

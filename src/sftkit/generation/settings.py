@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sftkit.checkpoints import LoadedModel
-from sftkit.generation.engine import GenerationConfig
+from sftkit.generation.config import GenerationConfig
 
 
 def generation_settings(loaded: LoadedModel, *, raw: bool = False, stop: Sequence[str] = (),

@@ -80,10 +80,11 @@ class DecoderModel(nn.Module):
                        document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final normed hidden states (B, T, emb_dim), before the output head.
 
-        With `kv_cache`, the tokens go at `input_pos` (an int or the (T,) positions) and attend
-        to every position cached before them. `pad_lengths` (B,): each row starts with that
-        many padding tokens (left padding for batched generation); they get no attention and
-        the row's positions start after them. Both need a `kv_cache`.
+        With `kv_cache`, the tokens go at `input_pos` (an int, the (T,) positions, or each
+        row's own (B, T) positions) and attend to every position cached before them.
+        `pad_lengths` (B,): each row starts with that many padding tokens (left padding for
+        batched generation); they get no attention and the row's positions start after them.
+        Both need a `kv_cache`.
 
         Packed rows (training, no cache): `positions` (B, T) gives each token's position in its
         own example and `document_ids` (B, T) which example it belongs to; a token attends only

@@ -13,6 +13,11 @@ calls `LayerKVCache.attend` instead of plain causal attention: it stores the new
 values and attends over every position written so far, so feeding a prompt and then one token
 at a time gives the same logits as feeding the whole sequence at once.
 
+Continuous batching keeps one sequence per cache row (a slot) at its own length: a prompt is
+prefilled into its row alone (`KVCache.rows`), and a decode step places each row's token at
+that row's own position (`input_pos` of shape (B, T)); a finished row's slot is reused or
+filled by moving the last row into it (`KVCache.move_row`).
+
 Example:
     >>> import torch
     >>> from sftkit.models import ModelConfig, build_model
@@ -57,6 +62,55 @@ class KVCache:
         self.max_len = max_len
         self.filled = 0  # one past the highest position written
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """The rows start..stop-1 as a cache of their own sharing this one's memory (a prompt
+        prefilled into it lands in those rows of this cache).
+
+        Example:
+            >>> cache = KVCache(n_layers=1, batch_size=3, n_kv_heads=1, max_len=4, head_dim=1)
+            >>> cache.rows(2, 3).keys[0].fill_(7.0).shape, cache.keys[0][:, 0, 0, 0].tolist()
+            (torch.Size([1, 1, 4, 1]), [0.0, 0.0, 7.0])
+        """
+        view = object.__new__(KVCache)
+        view.keys = [keys[start:stop] for keys in self.keys]
+        view.values = [values[start:stop] for values in self.values]
+        view.batch_size, view.max_len, view.filled = stop - start, self.max_len, 0
+        return view
+
+    def move_row(self, source: int, target: int, length: int) -> None:
+        """Copy row `source`'s first `length` positions into row `target` (a finished row's
+        slot taken by the last live row, so the live rows stay at the front).
+
+        Example:
+            >>> cache = KVCache(n_layers=1, batch_size=2, n_kv_heads=1, max_len=3, head_dim=1)
+            >>> cache.keys[0][1, 0, :, 0] = torch.tensor([1.0, 2.0, 3.0])
+            >>> cache.move_row(1, 0, length=2)
+            >>> cache.keys[0][0, 0, :, 0].tolist()
+            [1.0, 2.0, 0.0]
+        """
+        for tensor in (*self.keys, *self.values):
+            tensor[target, :, :length] = tensor[source, :, :length]
+
+    def grow(self, max_len: int) -> None:
+        """Hold `max_len` positions per row (at least), keeping what is stored.
+
+        Example:
+            >>> cache = KVCache(n_layers=1, batch_size=1, n_kv_heads=1, max_len=2, head_dim=1)
+            >>> cache.keys[0].fill_(5.0).shape
+            torch.Size([1, 1, 2, 1])
+            >>> cache.grow(4)
+            >>> cache.max_len, cache.keys[0][0, 0, :, 0].tolist()
+            (4, [5.0, 5.0, 0.0, 0.0])
+        """
+        if max_len <= self.max_len:
+            return
+        for tensors in (self.keys, self.values):
+            for layer, old in enumerate(tensors):
+                new = old.new_zeros((*old.shape[:2], max_len, old.shape[3]))
+                new[:, :, :self.max_len] = old
+                tensors[layer] = new
+        self.max_len = max_len
+
     def begin(self, call: CachedCall, batch: int) -> list[LayerKVCache]:
         """Each layer's view of the cache for a call writing `batch` rows at `call`'s slots."""
         if batch > self.batch_size or call.end > self.max_len:
@@ -99,7 +153,8 @@ class CachedCall:
     """Where the T tokens of one cached forward call go, and what each may attend to."""
 
     slots: torch.Tensor
-    """(T,) int64: the cache slots written (= the positions, without left padding)."""
+    """(T,) int64: the cache slots written (= the positions, without left padding); or
+    (B, T): each row's own slots (rows at different lengths, continuous batching)."""
     end: int
     """One past the largest slot: the call attends over slots 0 .. end-1."""
     from_zero: bool
@@ -110,13 +165,16 @@ class CachedCall:
     @classmethod
     def at(cls, input_pos: int | torch.Tensor | None, length: int, device: torch.device,
            pad_lengths: torch.Tensor | None = None) -> CachedCall:
-        """The call writing `length` tokens from `input_pos` (an int, a 0-d tensor, or the
-        (T,) slots themselves).
+        """The call writing `length` tokens from `input_pos` (an int, a 0-d tensor, the
+        (T,) slots themselves, or each row's (B, T) slots).
 
         Example:
             >>> call = CachedCall.at(4, 2, torch.device("cpu"))
             >>> call.slots.tolist(), call.end, call.from_zero
             ([4, 5], 6, False)
+            >>> call = CachedCall.at(torch.tensor([[3], [1]]), 1, torch.device("cpu"))
+            >>> call.end, call.mask[:, 0, 0].int().tolist()
+            (4, [[1, 1, 1, 1], [1, 1, 0, 0]])
         """
         if input_pos is None:
             input_pos = 0
@@ -126,13 +184,15 @@ class CachedCall:
             slots = torch.arange(input_pos, input_pos + length, device=device)
             end, from_zero = input_pos + length, input_pos == 0
         else:
-            if input_pos.shape != (length,):
+            if input_pos.shape[-1:] != (length,) or input_pos.ndim > 2:
                 raise ValueError(f"input_pos has shape {tuple(input_pos.shape)}, "
-                                 f"expected ({length},)")
+                                 f"expected ({length},) or (batch, {length})")
             slots = input_pos.to(device=device, dtype=torch.long)
             end, from_zero = int(slots.max()) + 1, False
         if pad_lengths is None:
             return cls(slots=slots, end=end, from_zero=from_zero)
+        if slots.ndim == 2:
+            raise ValueError("per-row input_pos places each row itself: no pad_lengths")
         return cls(slots=slots, end=end, from_zero=False,
                    pad_lengths=pad_lengths.to(device=device, dtype=torch.long))
 
@@ -147,8 +207,13 @@ class CachedCall:
             [[0, 1, 2, 3], [0, 0, 0, 1]]
         """
         if self.pad_lengths is None:
-            return self.slots
+            return self.slots  # per-row slots start at each row's position 0: no padding
         return (self.slots[None, :] - self.pad_lengths[:, None]).clamp(min=0)
+
+    @property
+    def per_row(self) -> bool:
+        """Each row writes its own slots (`slots` is (B, T))."""
+        return self.slots.ndim == 2
 
     @functools.cached_property
     def mask(self) -> torch.Tensor:
@@ -160,6 +225,8 @@ class CachedCall:
         """(B or 1, 1, T, S) True where query i may attend to key slot j: causally, never to a
         row's padding, and always to itself (so a padding query has one finite score)."""
         keys = torch.arange(n_keys, device=self.slots.device)
+        if self.per_row:  # (B, T, S) → (B, 1, T, S)
+            return (keys[None, None, :] <= self.slots[:, :, None])[:, None]
         mask = keys[None, :] <= self.slots[:, None]
         if self.pad_lengths is None:
             return mask[None, None]
@@ -181,8 +248,13 @@ class LayerKVCache:
         """Store the call's keys/values (B, H_kv, T, D), then attend with queries (B, H, T, D)
         over every slot written so far; returns (B, H, T, D). Generation only: no dropout."""
         call = self.call
-        self.keys.index_copy_(2, call.slots, key.to(self.keys.dtype))
-        self.values.index_copy_(2, call.slots, value.to(self.values.dtype))
+        if call.per_row:
+            where = call.slots[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3])
+            self.keys.scatter_(2, where, key.to(self.keys.dtype))
+            self.values.scatter_(2, where, value.to(self.values.dtype))
+        else:
+            self.keys.index_copy_(2, call.slots, key.to(self.keys.dtype))
+            self.values.index_copy_(2, call.slots, value.to(self.values.dtype))
         key, value = self.keys[:, :, : call.end], self.values[:, :, : call.end]
         # Grouped-query attention: SDPA reads kv head h // (n_heads / n_kv_heads) for query
         # head h itself, without copying the keys and values per query head.
@@ -190,7 +262,7 @@ class LayerKVCache:
         if call.from_zero:  # a prefill: exactly the plain causal case
             return F.scaled_dot_product_attention(query, key, value, is_causal=True,
                                                   enable_gqa=grouped)
-        if query.shape[2] == 1 and call.pad_lengths is None:
+        if query.shape[2] == 1 and call.pad_lengths is None and not call.per_row:
             # One new token attends to every position written so far, including itself.
             return F.scaled_dot_product_attention(query, key, value, enable_gqa=grouped)
         return F.scaled_dot_product_attention(query, key, value, attn_mask=call.mask,
