@@ -36,8 +36,8 @@ Example (a tiny random model writes a valid reply, whatever its weights):
 
 from __future__ import annotations
 
-import functools
 import json
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,8 +47,6 @@ import torch
 from sftkit.errors import SftkitError
 from sftkit.tokenizers import Tokenizer
 
-# How the JSON is written (llguidance's JSON options): json.dumps's separators, nothing else.
-JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_OBJECT = {"type": "object"}
 
 
@@ -97,8 +95,10 @@ class JsonFormat:
         from llguidance import LLMatcher
 
         try:
-            grammar = LLMatcher.grammar_from_json_schema(closed_objects(self.schema),
-                                                         overrides=JSON_LAYOUT)
+            # How the JSON is written: json.dumps's separators, no other whitespace.
+            grammar = LLMatcher.grammar_from_json_schema(
+                closed_objects(self.schema), overrides={
+                    "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
         except ValueError as error:
             raise SftkitError(f"{self.source} is not a usable JSON schema: {error}") from None
         failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
@@ -257,9 +257,13 @@ class _TokenizerView:
         return self._encode(text)
 
 
-@functools.lru_cache(maxsize=4)
+_LL_TOKENIZERS: weakref.WeakKeyDictionary[Tokenizer, Any] = weakref.WeakKeyDictionary()
+
+
 def _ll_tokenizer(tokenizer: Tokenizer) -> Any:
     """llguidance's view of `tokenizer`, built once per tokenizer (about 0.2 s for 50k tokens)."""
     from llguidance import LLTokenizer, TokenizerWrapper
 
-    return LLTokenizer(TokenizerWrapper(_TokenizerView(tokenizer)))
+    if tokenizer not in _LL_TOKENIZERS:
+        _LL_TOKENIZERS[tokenizer] = LLTokenizer(TokenizerWrapper(_TokenizerView(tokenizer)))
+    return _LL_TOKENIZERS[tokenizer]
