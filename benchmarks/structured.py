@@ -160,7 +160,7 @@ def walk(masker: Masker, tokens: list[int], vocab_size: int) -> float:
     return spent
 
 
-def measure(tokenizer: Any, rounds: int) -> list[dict[str, Any]]:
+def measure(tokenizer: Any, rounds: int, probe: DecodeProbe) -> list[dict[str, Any]]:
     """Per format and library: one-time set-up and compile seconds, and µs per token."""
     setups: dict[str, Any] = {}
     rows = []
@@ -175,6 +175,7 @@ def measure(tokenizer: Any, rounds: int) -> list[dict[str, Any]]:
         compiles: dict[str, list[float]] = {library: [] for library in LIBRARIES}
         errors: dict[str, str] = {}
         for _ in range(rounds):
+            probe()
             for library in LIBRARIES:
                 if library in errors:
                     continue
@@ -199,24 +200,31 @@ def measure(tokenizer: Any, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def decode_step_us(rounds: int) -> float:
-    """µs of one KV-cached decode step of a SmolLM2-135M-shaped model, batch 1 (random
-    weights: the cost is the same)."""
-    from sftkit.models import ModelConfig, build_model
+class DecodeProbe:
+    """Times KV-cached decode steps of a SmolLM2-135M-shaped model, batch 1 (random weights: the
+    cost is the same), a few at each call, so that they share the masks' rounds and load."""
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.from_name("smollm2-135m")).eval()
-    steps = 8 if rounds == 1 else 32
-    with torch.inference_mode():
-        cache = model.make_kv_cache(1, 64 + steps)
-        logits = model(torch.randint(0, 1000, (1, 64)), kv_cache=cache, input_pos=0)[:, -1]
-        times = []
-        for step in range(steps):
+    def __init__(self, steps_per_call: int = 4):
+        from sftkit.models import ModelConfig, build_model
+
+        torch.manual_seed(0)
+        self.model = build_model(ModelConfig.from_name("smollm2-135m")).eval()
+        self.steps_per_call = steps_per_call
+        self.times: list[float] = []
+
+    @torch.inference_mode()
+    def __call__(self) -> None:
+        cache = self.model.make_kv_cache(1, 64 + self.steps_per_call)
+        logits = self.model(torch.randint(0, 1000, (1, 64)), kv_cache=cache,
+                            input_pos=0)[:, -1]
+        for step in range(self.steps_per_call):
             start = time.perf_counter()
-            logits = model(logits.argmax(-1, keepdim=True), kv_cache=cache,
-                           input_pos=64 + step)[:, -1]
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+            logits = self.model(logits.argmax(-1, keepdim=True), kv_cache=cache,
+                                input_pos=64 + step)[:, -1]
+            self.times.append(time.perf_counter() - start)
+
+    def median_us(self) -> float:
+        return statistics.median(self.times) * 1e6
 
 
 def markdown(results: dict[str, list[dict[str, Any]]], decode_us: float, load: tuple[str, str],
@@ -232,8 +240,8 @@ def markdown(results: dict[str, list[dict[str, Any]]], decode_us: float, load: t
         "Each library compiles the format for our tokenizer, then walks realistic replies "
         "(`json.dumps` of the format's examples, tokenized by our tokenizer): per token, the "
         "mask of allowed tokens is computed and applied in place to a (V,) logits row, and the "
-        f"token taken. Median of {rounds} interleaved rounds. One decode step of a "
-        f"SmolLM2-135M-shaped model (batch 1, KV cache) took {decode_us:,.0f} µs in this run; "
+        f"token taken. Median of {rounds} interleaved rounds. Between the rounds, decode steps "
+        f"of a SmolLM2-135M-shaped model (batch 1, KV cache) took a median {decode_us:,.0f} µs; "
         "'overhead' is µs per token / that step.",
         "",
         "| tokenizer | format | library | tokens | compile ms | µs / token | overhead |",
@@ -267,11 +275,11 @@ def run(rounds: int) -> str:
     from sftkit.tokenizers import gpt2_tokenizer, smollm2_tokenizer
 
     load_before = load_average()
-    results = {f"SmolLM2 ({smollm2_tokenizer().vocab_size:,})": measure(smollm2_tokenizer(),
-                                                                        rounds),
-               f"GPT-2 ({gpt2_tokenizer().vocab_size:,})": measure(gpt2_tokenizer(), rounds)}
-    decode_us = decode_step_us(rounds)
-    return markdown(results, decode_us, (load_before, load_average()), rounds)
+    probe = DecodeProbe()
+    results = {f"{label} ({tokenizer.vocab_size:,})": measure(tokenizer, rounds, probe)
+               for label, tokenizer in (("SmolLM2", smollm2_tokenizer()),
+                                        ("GPT-2", gpt2_tokenizer()))}
+    return markdown(results, probe.median_us(), (load_before, load_average()), rounds)
 
 
 def replace_section(results_md: Path, section: str) -> None:
