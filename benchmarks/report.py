@@ -49,6 +49,7 @@ class Report:
     memory: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
     packing: str = ""  # the packing section's Markdown (benchmarks/packing.py)
+    structured: str = ""  # the structured output section's Markdown (benchmarks/structured.py)
     profile: str = ""
 
     # ---- collection -------------------------------------------------------------------
@@ -141,6 +142,8 @@ class Report:
             parts.append(self._quality())
         if self.packing:
             parts.append(self.packing)
+        if self.structured:
+            parts.append(self.structured.rstrip("\n"))
         parts.append(self._lever_summary())
         parts.append("## Targets\n\n" + table(["target", "measured", "verdict"], self.targets()))
         if self.profile:

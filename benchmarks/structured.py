@@ -160,23 +160,25 @@ def walk(masker: Masker, tokens: list[int], vocab_size: int) -> float:
     return spent
 
 
-def measure(tokenizer: Any, rounds: int, probe: DecodeProbe) -> list[dict[str, Any]]:
-    """Per format and library: one-time set-up and compile seconds, and µs per token."""
+def measure(tokenizer: Any, rounds: int, probe: Callable[[], None],
+            libraries: tuple[str, ...] = LIBRARIES) -> list[dict[str, Any]]:
+    """Per format and library: one-time set-up and compile seconds, and µs per token;
+    `probe()` runs once per round (the decode steps timed beside the masks)."""
     setups: dict[str, Any] = {}
     rows = []
-    for library in LIBRARIES:
+    for library in libraries:
         start = time.perf_counter()
         setups[library] = ADAPTERS[library](tokenizer)
         rows.append({"format": "(tokenizer set-up)", "library": library,
                      "setup_s": time.perf_counter() - start})
     for name, (schema, replies) in FORMATS.items():
         token_replies = [tokenizer.encode(json.dumps(reply)) for reply in replies]
-        timings: dict[str, list[float]] = {library: [] for library in LIBRARIES}
-        compiles: dict[str, list[float]] = {library: [] for library in LIBRARIES}
+        timings: dict[str, list[float]] = {library: [] for library in libraries}
+        compiles: dict[str, list[float]] = {library: [] for library in libraries}
         errors: dict[str, str] = {}
         for _ in range(rounds):
             probe()
-            for library in LIBRARIES:
+            for library in libraries:
                 if library in errors:
                     continue
                 try:
@@ -189,7 +191,7 @@ def measure(tokenizer: Any, rounds: int, probe: DecodeProbe) -> list[dict[str, A
                     timings[library].append(spent / sum(map(len, token_replies)) * 1e6)
                 except Exception as error:  # a library refusing a schema is a result
                     errors[library] = f"{type(error).__name__}: {error}"[:80]
-        for library in LIBRARIES:
+        for library in libraries:
             rows.append({"format": name, "library": library,
                          "tokens": sum(map(len, token_replies)),
                          "compile_ms": statistics.median(compiles[library]) * 1e3

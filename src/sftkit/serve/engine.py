@@ -7,7 +7,9 @@ coroutine through the job.
 
 Greedy jobs that are waiting together run as one batch (up to `Limits.max_batch`): each row
 keeps its own positions, stop strings and token limit, so every client gets the answer it would
-get alone, several times faster under load. A job whose client has gone away is cancelled:
+get alone, several times faster under load. A request with an output format (Ollama's
+`format`, OpenAI's `response_format`) runs alone under its grammar's logits mask
+(`sftkit.generation.grammar`). A job whose client has gone away is cancelled:
 skipped while queued, stopped after its current token.
 
 Example:
