@@ -51,6 +51,9 @@ from sftkit.models import Model
 from sftkit.tokenizers import Tokenizer
 
 ANY_OBJECT = {"type": "object"}
+# Keywords whose values are data, not schemas, and those mapping names to schemas.
+_DATA_KEYWORDS = ("enum", "const", "default", "examples")
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
 
 class Constraint(Protocol):
@@ -180,13 +183,21 @@ def closed_objects(schema: Any) -> Any:
 
     >>> closed_objects({"type": "array", "items": {"properties": {"a": {}}}})
     {'type': 'array', 'items': {'properties': {'a': {}}, 'additionalProperties': False}}
+    >>> closed_objects({"properties": {"properties": {"type": "object"}}})["properties"]
+    {'properties': {'type': 'object'}}
     """
     if isinstance(schema, list):
         return [closed_objects(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    closed = {key: value if key in ("enum", "const", "default", "examples")
-              else closed_objects(value) for key, value in schema.items()}
+    closed = {}
+    for key, value in schema.items():
+        if key in _DATA_KEYWORDS:
+            closed[key] = value
+        elif key in _NAMED_SCHEMAS and isinstance(value, dict):  # names are not keywords
+            closed[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        else:
+            closed[key] = closed_objects(value)
     if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
         closed["additionalProperties"] = False
     return closed
