@@ -168,9 +168,14 @@ def measure(tokenizer: Any, rounds: int, probe: Callable[[], None],
     rows = []
     for library in libraries:
         start = time.perf_counter()
-        setups[library] = ADAPTERS[library](tokenizer)
+        try:
+            setups[library] = ADAPTERS[library](tokenizer)
+        except ImportError:
+            print(f"{library} is not installed: skipped (pip install {library})")
+            continue
         rows.append({"format": "(tokenizer set-up)", "library": library,
                      "setup_s": time.perf_counter() - start})
+    libraries = tuple(library for library in libraries if library in setups)
     for name, (schema, replies) in FORMATS.items():
         token_replies = [tokenizer.encode(json.dumps(reply)) for reply in replies]
         timings: dict[str, list[float]] = {library: [] for library in libraries}
