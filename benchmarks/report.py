@@ -51,6 +51,7 @@ class Report:
     packing: str = ""  # the packing section's Markdown (benchmarks/packing.py)
     lora: str = ""  # the LoRA section's Markdown (benchmarks/lora.py)
     continuous: str = ""  # continuous against static batching (benchmarks/continuous.py)
+    structured: str = ""  # the structured output section's Markdown (benchmarks/structured.py)
     profile: str = ""
 
     # ---- collection -------------------------------------------------------------------
@@ -147,6 +148,8 @@ class Report:
             parts.append(self.packing)
         if self.lora:
             parts.append(self.lora)
+        if self.structured:
+            parts.append(self.structured.rstrip("\n"))
         parts.append(self._lever_summary())
         parts.append("## Targets\n\n" + table(["target", "measured", "verdict"], self.targets()))
         if self.profile:

@@ -35,7 +35,8 @@ from benchmarks.machine import (  # noqa: E402
 from benchmarks.report import Report  # noqa: E402
 from benchmarks.training import Spec, model_config, run_group  # noqa: E402
 
-SECTIONS = ("peak", "train", "levers", "generate", "memory", "quality", "packing", "lora")
+SECTIONS = ("peak", "train", "levers", "generate", "memory", "quality", "packing", "lora",
+            "structured")
 #: Shrunken presets for --quick (same families, seconds per step).
 QUICK_OVERRIDES = {
     "gpt2": {"n_layers": 2, "emb_dim": 64, "n_heads": 4},
@@ -202,6 +203,13 @@ def section_generate(args, report: Report) -> None:
                                                 max_prompts=6 if args.quick else None))
 
 
+def section_structured(args, report: Report) -> None:
+    from benchmarks.structured import run as run_structured
+
+    print("\n## structured output")
+    report.structured = run_structured(rounds=1 if args.quick else 5)
+
+
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
@@ -237,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             section_packing(args, report)
         if "lora" in only:
             section_lora(args, report, Path(tmp))
+        if "structured" in only:
+            section_structured(args, report)
     report.load_after = load_average()
     report.seconds = time.perf_counter() - started
     text = report.markdown()

@@ -89,3 +89,15 @@ def test_quick_run_writes_results(tmp_path):
                     "--out", str(out)], check=True, timeout=900)
     text = out.read_text()
     assert "## 1. Training throughput" in text and "## Targets" in text
+
+
+def test_structured_output_section(bench):
+    from benchmarks import structured
+
+    from sftkit.tokenizers import gpt2_tokenizer
+
+    rows = structured.measure(gpt2_tokenizer(), 1, lambda: None, libraries=("llguidance",))
+    assert {row["format"] for row in rows} == {"(tokenizer set-up)", *structured.FORMATS}
+    assert all(row.get("error", "") == "" for row in rows)
+    text = structured.markdown({"GPT-2": rows}, 1000.0, ("0", "0"), 1)
+    assert text.startswith("## Structured output") and "| GPT-2 | json | llguidance |" in text

@@ -3,7 +3,9 @@ a free loopback port.
 
 Ollama: `GET /api/tags`, `POST /api/chat`. OpenAI-compatible: `GET /v1/models`,
 `POST /v1/chat/completions`. The reply is a function of the prompt; the first `fail_first` chat
-requests get a 500, and `delays` holds per-request sleeps (for timeouts and concurrency).
+requests get a `fail_status` (500), and `delays` holds per-request sleeps (for timeouts and
+concurrency). `refuse_format` answers a request asking for structured output (Ollama's `format`,
+OpenAI's `response_format`) with a 400, as a server without it does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class FakeJudgeServer:
         self.models = list(models)
         self.reply = reply
         self.fail_first = 0
+        self.fail_status = 500
+        self.refuse_format = False
         self.delays: list[float] = []
         self.chat_bodies: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -63,7 +67,9 @@ class FakeJudgeServer:
             if number < len(self.delays):
                 time.sleep(self.delays[number])
             if failing:
-                return 500, None
+                return self.fail_status, None
+            if self.refuse_format and ("format" in body or "response_format" in body):
+                return 400, None
             return 200, self.reply(body["messages"][-1]["content"])
         finally:
             with self._lock:

@@ -19,7 +19,7 @@ from sftkit.evaluation.backends import (
     parse_judge_spec,
     resolve_ollama_host,
 )
-from sftkit.evaluation.judge import build_prompt
+from sftkit.evaluation.judge import SCORE_SCHEMA, build_prompt
 from sftkit.evaluation.scoring import judge_entries, read_scores, summarize_records
 
 FAST = {"backoff": 0.01, "log": lambda message: None}
@@ -257,3 +257,53 @@ def test_the_prompt_sent_is_the_reference_prompt(fake_server, tmp_path):
     entries = make_entries(1)
     judge_entries(entries, ollama(fake_server.url), tmp_path / "scores.jsonl", **FAST)
     assert fake_server.chat_bodies[0]["messages"][0]["content"] == build_prompt(entries[0])
+
+
+def test_the_score_is_asked_for_through_structured_output(fake_server):
+    fake_server.reply = lambda prompt: '{"score": 85}'
+    assert asyncio.run(_complete_once(ollama(fake_server.url), "Rate.")) == '{"score": 85}'
+    assert asyncio.run(_complete_once(openai_backend(fake_server.url), "Rate.")) \
+        == '{"score": 85}'
+    ollama_body, openai_body = fake_server.chat_bodies
+    assert ollama_body["format"] == SCORE_SCHEMA
+    assert openai_body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "score", "strict": True,
+                                               "schema": SCORE_SCHEMA}}
+
+
+@pytest.mark.parametrize("make", [ollama, openai_backend], ids=["ollama", "openai"])
+def test_a_server_refusing_structured_output_is_asked_in_text_said_once(fake_server, make,
+                                                                         caplog):
+    fake_server.refuse_format = True
+    backend = make(fake_server.url)
+
+    async def three() -> list[str]:
+        try:
+            return [await backend.complete(f"Rate {n}.") for n in range(3)]
+        finally:
+            await backend.aclose()
+
+    with caplog.at_level("WARNING", logger="sftkit.evaluation"):
+        assert asyncio.run(three()) == ["85"] * 3
+    asked = [("format" in body or "response_format" in body) for body in fake_server.chat_bodies]
+    assert asked == [True, False, False, False] and not backend.structured
+    assert [record.message for record in caplog.records if "refused structured output"
+            in record.message] == [caplog.records[0].message]
+
+
+def test_a_400_that_is_not_about_the_format_is_an_error_not_a_fallback(fake_server):
+    fake_server.fail_first, fake_server.fail_status = 2, 400
+    backend = ollama(fake_server.url)
+    with pytest.raises(RequestFailed, match="HTTP 400") as failed:
+        asyncio.run(_complete_once(backend, "Rate."))
+    assert not failed.value.retryable and backend.structured
+
+
+def test_structured_replies_are_strict_scores(fake_server, tmp_path):
+    fake_server.reply = reply_by_entry({0: '{"score": 77}', 1: '{"score": 130}'},
+                                       default='{"score": 5}')
+    records, _ = judge_entries(make_entries(3), ollama(fake_server.url),
+                               tmp_path / "scores.jsonl", **FAST)
+    assert [(records[i]["score"], records[i]["parsed"]) for i in range(3)] == [
+        (77, "strict"), (None, "failed"), (5, "strict")]
+    assert records[1]["reason"] == "out of range: 130"

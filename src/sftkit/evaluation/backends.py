@@ -7,6 +7,12 @@
   Ollama's http://localhost:11434/v1, llama.cpp's server, vLLM); `temperature` 0, `seed` 123; the
   key from `$OPENAI_API_KEY`, or a placeholder local servers ignore.
 
+Both ask for the score through the server's structured output: Ollama's `format` and OpenAI's
+`response_format` with `SCORE_SCHEMA` (`{"score": <integer 0-100>}`), so even a small local
+judge answers with a score. A server that refuses it (a 400, 422 or 501 that the same request
+without it does not get) is asked in plain text from then on, said once in the log, and the
+reply is parsed as before.
+
 `preflight()` checks, before any work, that the server answers and has the model, and raises a
 `JudgeUnavailable` saying which commands fix it. `complete()` raises `RequestFailed`, marked
 retryable for connection errors, timeouts, 429 and 5xx; the retry loop is the caller's.
@@ -24,11 +30,14 @@ Example:
 from __future__ import annotations
 
 import abc
+import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sftkit.errors import SftkitError
+from sftkit.evaluation.judge import SCORE_SCHEMA
 
 DEFAULT_OLLAMA_HOST = "http://localhost:11434"
 DEFAULT_JUDGE_MODEL = "llama3"
@@ -43,6 +52,13 @@ OPENAI_OPTIONS = {"seed": 123, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS}
 #: Pre-flight must not hang an offline `sftkit run`.
 PREFLIGHT_TIMEOUT_S = 2.0
 LOCAL_API_KEY = "sftkit-local"  # OpenAI-compatible local servers need some key, and ignore it
+#: How a server says it cannot do a request's structured output (Bad Request, Unprocessable,
+#: Not Implemented); the same request without it tells a refusal from another fault.
+REFUSAL_STATUSES = (400, 422, 501)
+OPENAI_SCORE_FORMAT = {"type": "json_schema",
+                       "json_schema": {"name": "score", "strict": True, "schema": SCORE_SCHEMA}}
+
+log = logging.getLogger("sftkit.evaluation")
 
 
 class JudgeUnavailable(SftkitError):
@@ -53,10 +69,12 @@ class RequestFailed(Exception):
     """One judge request failed. `retryable`: worth another try (connection, timeout, 429,
     5xx); `connection`: the server could not be reached at all."""
 
-    def __init__(self, message: str, *, retryable: bool, connection: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool, connection: bool = False,
+                 status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.connection = connection
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,8 @@ class Backend(abc.ABC):
         self.spec = spec
         self.address = address
         self.timeout = timeout
+        self.structured = True
+        """Whether the score is asked for through structured output (until a refusal)."""
 
     @abc.abstractmethod
     def preflight(self, timeout: float = PREFLIGHT_TIMEOUT_S) -> None:
@@ -107,6 +127,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Close the connections opened by `complete`."""
+
+    async def _ask(self, chat: Callable[[str, bool], Awaitable[str]], prompt: str) -> str:
+        """`chat(prompt, structured)` with structured output while the server takes it; on a
+        refusal, the same prompt in plain text, and plain text from then on."""
+        if not self.structured:
+            return await chat(prompt, False)
+        try:
+            return await chat(prompt, True)
+        except RequestFailed as error:
+            if error.status not in REFUSAL_STATUSES:
+                raise
+            reply = await chat(prompt, False)  # a refusal only if this one is answered
+            if self.structured:
+                self.structured = False
+                log.warning("the judge server at %s refused structured output (%s); asking "
+                            "for the score in plain text and parsing the replies",
+                            self.address, error)
+            return reply
 
     def _missing_model(self, names: list[str], fix: str) -> JudgeUnavailable:
         have = ", ".join(sorted(names)) or "no models"
@@ -153,6 +191,9 @@ class OllamaBackend(Backend):
             raise self._missing_model(names, f"Get it with `ollama pull {self.spec.model}`")
 
     async def complete(self, prompt: str) -> str:
+        return await self._ask(self._chat, prompt)
+
+    async def _chat(self, prompt: str, structured: bool) -> str:
         import httpx
         import ollama
 
@@ -161,7 +202,8 @@ class OllamaBackend(Backend):
         try:
             response = await self._client.chat(
                 model=self.spec.model, messages=[{"role": "user", "content": prompt}],
-                options=OLLAMA_OPTIONS, stream=False)
+                options=OLLAMA_OPTIONS, stream=False,
+                format=SCORE_SCHEMA if structured else None)
         except ConnectionError:
             raise RequestFailed(f"cannot connect to Ollama at {self.address}",
                                 retryable=True, connection=True) from None
@@ -171,7 +213,8 @@ class OllamaBackend(Backend):
             raise RequestFailed(f"HTTP error: {_short(error)}", retryable=True) from None
         except ollama.ResponseError as error:
             raise RequestFailed(f"HTTP {error.status_code}: {_short(error.error)}",
-                                retryable=_retryable_status(error.status_code)) from None
+                                retryable=_retryable_status(error.status_code),
+                                status=error.status_code) from None
         return response.message.content or ""
 
     async def aclose(self) -> None:
@@ -221,15 +264,19 @@ class OpenAIBackend(Backend):
                 names, f"Load it on that server (for Ollama: `ollama pull {self.spec.model}`)")
 
     async def complete(self, prompt: str) -> str:
+        return await self._ask(self._chat, prompt)
+
+    async def _chat(self, prompt: str, structured: bool) -> str:
         import openai
 
         if self._client is None:
             self._client = openai.AsyncOpenAI(base_url=self.address, api_key=self.api_key,
                                               timeout=self.timeout, max_retries=0)
+        extra = {"response_format": OPENAI_SCORE_FORMAT} if structured else {}
         try:
             response = await self._client.chat.completions.create(
                 model=self.spec.model, messages=[{"role": "user", "content": prompt}],
-                **OPENAI_OPTIONS)
+                **OPENAI_OPTIONS, **extra)
         except openai.APITimeoutError:
             raise RequestFailed(f"no reply within {self.timeout:g} s", retryable=True) from None
         except openai.APIConnectionError:
@@ -237,7 +284,8 @@ class OpenAIBackend(Backend):
                                 connection=True) from None
         except openai.APIStatusError as error:
             raise RequestFailed(f"HTTP {error.status_code}: {_short(error.message)}",
-                                retryable=_retryable_status(error.status_code)) from None
+                                retryable=_retryable_status(error.status_code),
+                                status=error.status_code) from None
         if not response.choices:
             raise RequestFailed("the reply has no choices", retryable=False)
         return response.choices[0].message.content or ""

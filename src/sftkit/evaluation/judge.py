@@ -8,7 +8,9 @@ Alpaca prompt without the response marker (the book's `format_input`), or for a 
 the messages before its last answer, one `role: content` line each; `{output}` is the
 reference answer (`output`, or the conversation's last assistant message).
 
-Parsing is honest about what it accepted: a reply that is only an integer in 0–100 is `strict`;
+Parsing is honest about what it accepted: a reply that is only an integer in 0–100, or the
+structured reply `{"score": <integer 0-100>}` (`SCORE_SCHEMA`, which the backends ask for), is
+`strict`;
 a short reply holding exactly one such integer once the scale is set aside ("Score: 85",
 "85/100", "**85** out of 100") is `lenient`; anything else is `failed`, kept with its raw text
 and the reason, and counted beside the mean (the book's script silently drops those).
@@ -33,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +58,11 @@ REFERENCE_TEMPLATE = (
 )
 PLACEHOLDERS = ("input", "output", "model_response")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+#: The judge's reply as a JSON schema, for servers with structured output.
+SCORE_SCHEMA = {"type": "object",
+                "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 100}},
+                "required": ["score"]}
 
 #: Longer replies are explanations; a single number in them is not trusted as the score.
 LENIENT_MAX_CHARS = 100
@@ -166,9 +174,14 @@ def parse_score(reply: str | None) -> ParsedScore:
         [100, 85, 70, 85, 92]
         >>> parse_score("I'd say 8.5/10").reason
         'several numbers: 8.5, 10'
+        >>> parse_score('{"score": 87}'), parse_score('{"score": 101}').reason
+        (ParsedScore(score=87, how='strict', reason=None), 'out of range: 101')
     """
     if reply is None or not reply.strip():
         return ParsedScore(None, "failed", "empty reply")
+    structured = _structured_score(reply)
+    if structured is not None:
+        return structured
     strict = _STRICT.fullmatch(reply)
     if strict:
         value = int(strict.group(1))
@@ -192,6 +205,22 @@ def parse_score(reply: str | None) -> ParsedScore:
     if not 0 <= value <= 100:
         return ParsedScore(None, "failed", f"out of range: {value}")
     return ParsedScore(value, "lenient")
+
+
+def _structured_score(reply: str) -> ParsedScore | None:
+    """The score of a `{"score": N}` reply (`SCORE_SCHEMA`); None when the reply is not one."""
+    try:
+        value = json.loads(reply)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or set(value) != {"score"}:
+        return None
+    score = value["score"]
+    if isinstance(score, bool) or not isinstance(score, int):
+        return ParsedScore(None, "failed", f"not an integer: {score!r}")
+    if not 0 <= score <= 100:
+        return ParsedScore(None, "failed", f"out of range: {score}")
+    return ParsedScore(score, "strict")
 
 
 # --- statistics -------------------------------------------------------------------------------

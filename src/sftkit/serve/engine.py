@@ -7,7 +7,9 @@ coroutine through the job.
 
 Greedy jobs that are waiting together run as one batch (up to `Limits.max_batch`): each row
 keeps its own positions, stop strings and token limit, so every client gets the answer it would
-get alone, several times faster under load. A job whose client has gone away is cancelled:
+get alone, several times faster under load. A request with an output format (Ollama's
+`format`, OpenAI's `response_format`) runs alone under its grammar's logits mask
+(`sftkit.generation.grammar`). A job whose client has gone away is cancelled:
 skipped while queued, stopped after its current token.
 
 Example:
@@ -34,13 +36,24 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 from sftkit.checkpoints import LoadedModel
 from sftkit.data.prompts import PromptStyle
 from sftkit.errors import SftkitError
 from sftkit.generation import TextStreamer, generation_settings, stream_batch
+from sftkit.generation.grammar import Constraint, GrammarConstraint, JsonFormat, stream_constrained
+from sftkit.generation.stops import TokenCheck
+from sftkit.models import Model
 from sftkit.serve.batching import JobQueue
 from sftkit.serve.jobs import Completion, Job, Limits, RequestError, Sampling
 
@@ -103,7 +116,16 @@ class Engine:
             max_new_tokens=min(wanted, self.limits.max_new_tokens, room),
             temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
             seed=sampling.seed)
-        return Job(prompt_ids=list(prompt_ids), config=config)
+        return Job(prompt_ids=list(prompt_ids), config=config,
+                   constraint=self._constraint(sampling.output_format))
+
+    def _constraint(self, output_format: JsonFormat | None) -> GrammarConstraint | None:
+        if output_format is None:
+            return None
+        try:
+            return output_format.constraint(self.tokenizer, self.config.vocab_size)
+        except SftkitError as error:
+            raise RequestError(400, str(error)) from None
 
     # --- running -------------------------------------------------------------------------
 
@@ -142,6 +164,16 @@ class Engine:
                     job.deliver(RequestError(500, f"generation failed: {error}"))
 
     def _generate(self, batch: list[Job]) -> None:
+        # A job with an output format runs alone through its constraint's own loop (until the
+        # batched engine masks per row), after the others of its batch.
+        free = [job for job in batch if job.constraint is None]
+        if free:
+            self._generate_batch(free)
+        for job in batch:
+            if job.constraint is not None:
+                self._generate_batch([job])
+
+    def _generate_batch(self, batch: list[Job]) -> None:
         start = time.perf_counter()
         streamers = [TextStreamer(self.tokenizer.decode, job.config.stop_strings)
                      for job in batch]
@@ -158,7 +190,10 @@ class Engine:
             batch[0].config, stop_strings=(),
             max_new_tokens=max(job.config.max_new_tokens for job in batch))
         prompts = [job.prompt_ids for job in batch]
-        if config.max_new_tokens > 0:
+        rows: Iterable[tuple[int, int | None]]
+        if config.max_new_tokens > 0 and batch[0].constraint is not None:
+            rows = _constrained_rows(self.model, batch[0], batch[0].constraint, should_stop)
+        elif config.max_new_tokens > 0:
             rows = stream_batch(self.model, prompts, config, should_stop)
         else:
             rows = iter([(row, None) for row in range(len(batch))])
@@ -193,6 +228,18 @@ class Engine:
                  (completion.total_ns - completion.queue_ns) / 1e9, completion.done_reason,
                  start - job.created)
         return completion
+
+
+def _constrained_rows(model: Model, job: Job, constraint: Constraint, should_stop: TokenCheck
+                      ) -> Iterator[tuple[int, int | None]]:
+    """`stream_batch`'s events for one job generated under its constraint."""
+    tokens: list[int] = []
+    for token in stream_constrained(model, job.prompt_ids, job.config, constraint):
+        tokens.append(token)
+        yield 0, token
+        if should_stop(0, tokens):
+            break
+    yield 0, None
 
 
 def describe(engine: Engine) -> dict[str, Any]:

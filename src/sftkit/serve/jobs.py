@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sftkit.generation import GenerationConfig
+from sftkit.generation.grammar import Constraint, JsonFormat
 
 
 class RequestError(Exception):
@@ -70,6 +71,8 @@ class Sampling:
     """Stop strings in addition to the prompt style's."""
     num_ctx: int | None = None
     """A context window smaller than the model's (Ollama's num_ctx); None = the model's."""
+    output_format: JsonFormat | None = None
+    """The JSON the answer must be (Ollama's format, OpenAI's response_format); None = text."""
 
 
 @dataclass
@@ -111,6 +114,8 @@ class Job:
 
     prompt_ids: list[int]
     config: GenerationConfig
+    constraint: Constraint | None = None
+    """The grammar this generation's tokens must follow (its own state: one per job)."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.perf_counter)
     deliver: Callable[[object], None] = lambda item: None

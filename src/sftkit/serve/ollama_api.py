@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from sftkit import __version__
+from sftkit.generation.grammar import ollama_format
 from sftkit.serve import params
 from sftkit.serve.engine import Engine, describe
 from sftkit.serve.jobs import Completion, Job, RequestError, Sampling
@@ -46,7 +47,7 @@ def sampling(data: dict[str, Any]) -> Sampling:
 
     >>> sampling({"options": {"num_predict": 5, "top_p": 0}})
     Sampling(max_new_tokens=5, temperature=0.0, top_k=0, top_p=1.0, seed=None, stop=(), \
-num_ctx=None)
+num_ctx=None, output_format=None)
     """
     options = params.mapping(data, "options")
     where = "options."
@@ -64,6 +65,7 @@ num_ctx=None)
         seed=params.seed(options, where=where),
         stop=params.stop_strings(options.get("stop"), where=where),
         num_ctx=params.integer(options, "num_ctx", minimum=1, where=where),
+        output_format=params.output_format(data.get("format"), ollama_format),
     )
 
 
@@ -77,8 +79,6 @@ def _refuse_unsupported(data: dict[str, Any], engine: Engine) -> None:
         raise RequestError(400, f"{engine.name!r} does not support tools")
     if params.array(data, "images"):
         raise RequestError(400, f"{engine.name!r} reads text only (images were sent)")
-    # `format` (JSON mode or a schema) cannot be enforced without constrained decoding; it is
-    # accepted and ignored, like the other options this server has no use for.
 
 
 def _counters(done: Completion) -> dict[str, Any]:

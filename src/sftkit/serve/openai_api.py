@@ -40,6 +40,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from sftkit.generation.grammar import openai_response_format
 from sftkit.serve import params
 from sftkit.serve.engine import Engine
 from sftkit.serve.jobs import Completion, RequestError, Sampling
@@ -75,7 +76,9 @@ def sampling(data: dict[str, Any]) -> Sampling:
         temperature, top_p = 0.0, 1.0
     return Sampling(max_new_tokens=max_tokens,
                     temperature=0.0 if temperature is None else temperature,
-                    top_p=1.0 if top_p is None else top_p, seed=params.seed(data), stop=stop)
+                    top_p=1.0 if top_p is None else top_p, seed=params.seed(data), stop=stop,
+                    output_format=params.output_format(data.get("response_format"),
+                                                       openai_response_format))
 
 
 def _usage(done: Completion) -> dict[str, int]:

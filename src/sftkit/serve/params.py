@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from sftkit.errors import SftkitError
+from sftkit.generation.grammar import JsonFormat
 from sftkit.serve.jobs import RequestError
 
 ROLES = ("system", "user", "assistant")
@@ -178,6 +180,22 @@ def stop_strings(value: Any, *, where: str = "") -> tuple[str, ...]:
         raise RequestError(400, f"{where}stop must be a string or a list of strings, "
                                 f"got {shown(value)}")
     return tuple(stop for stop in value if stop)
+
+
+def output_format(value: Any, read: Callable[[Any], JsonFormat | None]) -> JsonFormat | None:
+    """A request's output format read by `read` (`sftkit.generation.grammar.ollama_format` or
+    `openai_response_format`), or a 400 saying what is wrong with it.
+
+    >>> from sftkit.generation.grammar import ollama_format
+    >>> output_format({"type": "object", "properties": {"n": {"type": "numbr"}}}, ollama_format)
+    Traceback (most recent call last):
+    ...
+    sftkit.serve.jobs.RequestError: format is not a usable JSON schema: Invalid type: numbr
+    """
+    try:
+        return read(value)
+    except SftkitError as error:
+        raise RequestError(400, str(error)) from None
 
 
 def seed(data: Mapping[str, Any], key: str = "seed", *, where: str = "") -> int | None:

@@ -37,6 +37,11 @@ class Tokenizer(Protocol):
         offsets) == text``."""
         ...
 
+    def token_bytes(self) -> list[bytes | None]:
+        """The bytes each id stands for in text, by id (for constrained decoding, which matches
+        grammars on bytes); None for a special (control) token, which is never part of text."""
+        ...
+
 
 def tiling_offsets(offsets: Sequence[tuple[int, int]], length: int) -> list[tuple[int, int]]:
     """Character offsets made to tile a text of `length` characters, one span per token.

@@ -34,8 +34,14 @@ ENDOFTEXT = "<|endoftext|>"
 GPT2_EOS_ID = 50256
 
 
-def _gpt2_byte_alphabet() -> dict[str, int]:
-    """GPT-2's reversible map from printable unicode characters back to raw bytes."""
+@functools.lru_cache(maxsize=1)
+def gpt2_byte_alphabet() -> dict[str, int]:
+    """GPT-2's reversible map from printable unicode characters back to raw bytes (the
+    alphabet every byte-level BPE writes its tokens in).
+
+    >>> gpt2_byte_alphabet()["Ġ"]  # the space
+    32
+    """
     printable = (
         list(range(ord("!"), ord("~") + 1))
         + list(range(ord("¡"), ord("¬") + 1))
@@ -94,7 +100,7 @@ def gpt2_mergeable_ranks(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, int
     """
     encoder = json.loads(_checked_bytes(encoder_json, GPT2_ENCODER_JSON_SHA256))
     merges_text = _checked_bytes(vocab_bpe, GPT2_VOCAB_BPE_SHA256).decode("utf-8")
-    to_byte = _gpt2_byte_alphabet()
+    to_byte = gpt2_byte_alphabet()
     ranks = {
         bytes(to_byte[char] for char in token): rank
         for token, rank in encoder.items()
@@ -148,6 +154,18 @@ class TiktokenTokenizer:
             starts.append(start_of_byte[position])
             position += len(token_bytes)
         return ids, list(zip(starts, [*starts[1:], len(text)]))
+
+    def token_bytes(self) -> list[bytes | None]:
+        """Each id's bytes; None for the special tokens (see `Tokenizer.token_bytes`).
+
+        >>> tokens = gpt2_tokenizer().token_bytes()
+        >>> tokens[15496], tokens[50256]
+        (b'Hello', None)
+        """
+        special = {self._encoding.encode_single_token(token)
+                   for token in self._encoding.special_tokens_set}
+        return [None if index in special else self._encoding.decode_single_token_bytes(index)
+                for index in range(self.vocab_size)]
 
     def __repr__(self) -> str:
         return f"TiktokenTokenizer(name={self.name!r}, vocab_size={self.vocab_size})"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,12 @@ from typing import Any
 
 from sftkit.errors import SftkitError
 from sftkit.tokenizers.base import tiling_offsets
+from sftkit.tokenizers.gpt2 import gpt2_byte_alphabet
 
+# A SentencePiece-style vocabulary writes a space as this, and a byte it has no token for as
+# <0xAB> (byte fallback).
+METASPACE = "\u2581"
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 # Where Hugging Face writes the special tokens beside a tokenizer.json (the later one wins).
 TOKEN_SIDE_FILES = ("special_tokens_map.json", "tokenizer_config.json")
 # Where the model's own files state the special ids (the first one found wins).
@@ -107,6 +113,34 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         # tokenizers skips special tokens by default; the protocol keeps every id visible.
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_bytes(self) -> list[bytes | None]:
+        """Each id's bytes; None for the special tokens (see `Tokenizer.token_bytes`).
+
+        A byte-level vocabulary (GPT-2's alphabet) and a SentencePiece-style one (`▁` for a
+        space, `<0x0A>` byte tokens) are read; added tokens that are not special are their text.
+
+        >>> from sftkit.tokenizers import smollm2_tokenizer
+        >>> tokens = smollm2_tokenizer().token_bytes()
+        >>> tokens[26843], tokens[2], len(tokens)
+        (b'Hi', None, 49152)
+        """
+        added = self._tokenizer.get_added_tokens_decoder()
+        byte_level = type(self._tokenizer.decoder).__name__ == "ByteLevel"
+        tokens: list[bytes | None] = [None] * self.vocab_size
+        for text, index in self._tokenizer.get_vocab(with_added_tokens=True).items():
+            if index >= self.vocab_size or (index in added and added[index].special):
+                continue
+            if index in added:
+                tokens[index] = text.encode("utf-8")
+            elif byte_level:
+                alphabet = gpt2_byte_alphabet()
+                tokens[index] = bytes(alphabet[char] for char in text)
+            else:
+                byte = _BYTE_TOKEN.fullmatch(text)
+                tokens[index] = bytes([int(byte.group(1), 16)]) if byte else \
+                    text.replace(METASPACE, " ").encode("utf-8")
+        return tokens
 
     def token_to_id(self, token: str) -> int | None:
         """The id of one whole token (e.g. `"<|im_end|>"`); None if not in the vocabulary."""
