@@ -189,3 +189,22 @@ def test_merging_a_quantized_base_gives_the_decoded_base_plus_the_update(format)
     assert type(merged) is torch.nn.Linear and merged.weight.dtype == torch.float32
     torch.testing.assert_close(merged.weight, expected)
     torch.testing.assert_close(model(idx), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_the_matmul_decodes_small_slices_into_one_reused_buffer(layer):
+    slices = [(rows, decoded.data_ptr(), decoded.numel()) for rows, decoded
+              in layer.row_slices(torch.float32)]
+    assert len(slices) > 1 and len({pointer for _, pointer, _ in slices}) == 1
+    assert all(values <= quantized.CHUNK_VALUES for _, _, values in slices)
+    assert [rows.start for rows, _, _ in slices][1:] == [rows.stop for rows, _, _ in slices][:-1]
+
+
+def test_dora_on_a_quantized_base_equals_its_effective_weight():
+    model = tiny_model()
+    quantize_model(model, "int8")
+    apply_lora(model, LoraSpec(r=4, dora=True), ["fc"])
+    layer = model.blocks[0].mlp.fc
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.2)
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
