@@ -37,7 +37,12 @@ from sftkit.checkpoints.hf import (
     with_preset,
 )
 from sftkit.checkpoints.keymaps import HF_KEYMAPS, LLAMA_HF, convert_to_ours, get_mapped_key
-from sftkit.checkpoints.native import is_native_directory, load_native_tokenizer
+from sftkit.checkpoints.native import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    is_native_directory,
+    load_native_tokenizer,
+)
 from sftkit.checkpoints.weights import expected_shapes
 from sftkit.errors import SftkitError
 from sftkit.models import Model, ModelConfig, build_model
@@ -61,17 +66,15 @@ def load_streaming(path: str | Path, base_dtype: str, preset: ModelConfig | None
         raise SftkitError(f"lora.base_dtype 'gguf' keeps a GGUF file's own blocks, but {path} "
                           "is not a .gguf file; choose bf16, int8 or nf4")
     if is_native_directory(path):
-        from sftkit.checkpoints.native import CONFIG_FILE
-
         document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         config = ModelConfig.from_dict(document.get("model") or {}, source=str(path))
-        tensors = _safetensors(path, [path / "model.safetensors"])
+        tensors = _safetensors([path / WEIGHTS_FILE])
         model = model_from_tensors(config, tensors, base_dtype, str(path))
         return model, load_native_tokenizer(path), f"sftkit model {path}"
     config = config_from_hf(read_hf_config(path), name=str(path))
     if preset is not None:
         config = with_preset(config, preset, str(path))
-    hf_tensors = _safetensors(path, _safetensors_files(path))
+    hf_tensors = _safetensors(_safetensors_files(path))
     model = model_from_tensors(config, _hf_to_ours(config, hf_tensors), base_dtype, str(path))
     return model, hf_tokenizer_from_directory(path, config), f"Hugging Face directory {path}"
 
@@ -107,7 +110,7 @@ def _safetensors_files(directory: Path) -> list[Path]:
     return [directory / shard for shard in sorted(set(weight_map.values()))]
 
 
-def _safetensors(directory: Path, files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+def _safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
     for file in files:
