@@ -26,14 +26,20 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import DataSpec, peak_rss_mb  # noqa: E402
 
-#: (model, method, base_dtype, activation checkpointing) measured by `make bench`: the
-#: adapters' dropout keeps a dropped copy of each adapted input, so checkpointing is measured
-#: beside the defaults (gpt2-large full fine-tuning, about 12 GB, is left out).
-CONFIGS = [("gpt2-medium", "full", "fp32", False), ("gpt2-medium", "lora", "fp32", False),
-           ("gpt2-medium", "lora", "int8", False), ("gpt2-medium", "lora", "nf4", False),
-           ("gpt2-medium", "lora", "int8", True), ("gpt2-large", "lora", "int8", False),
-           ("gpt2-large", "lora", "nf4", False), ("gpt2-large", "lora", "int8", True),
-           ("gpt2-large", "lora", "nf4", True)]
+#: (model, method, base_dtype, activation checkpointing, adapter dropout) measured by `make
+#: bench`. With dropout, each adapter keeps a dropped copy of its input for backward (more
+#: than the frozen base's own activations at these lengths), so checkpointing and no dropout
+#: are measured beside the defaults. gpt2-large full fine-tuning (about 12 GB) is left out.
+CONFIGS = [("gpt2-medium", "full", "fp32", False, 0.05),
+           ("gpt2-medium", "lora", "fp32", False, 0.05),
+           ("gpt2-medium", "lora", "int8", False, 0.05),
+           ("gpt2-medium", "lora", "nf4", False, 0.05),
+           ("gpt2-medium", "lora", "int8", False, 0.0),
+           ("gpt2-medium", "lora", "fp32", True, 0.05),
+           ("gpt2-medium", "lora", "int8", True, 0.05),
+           ("gpt2-large", "lora", "int8", True, 0.05),
+           ("gpt2-large", "lora", "nf4", True, 0.05)]
+Config = tuple[str, str, str, bool, float]
 GIB = 1024 ** 3 / 1024 ** 2  # MiB per GiB
 
 
@@ -51,7 +57,8 @@ def random_tensors(config, seed: int):
             yield name, torch.randn(shape, generator=generator) * 0.02
 
 
-def build(model_name: str, method: str, base_dtype: str, overrides: dict[str, Any]):
+def build(model_name: str, method: str, base_dtype: str, dropout: float,
+          overrides: dict[str, Any]):
     from sftkit.checkpoints.streaming import model_from_tensors
     from sftkit.config import LoraConfig
     from sftkit.models import ModelConfig
@@ -67,7 +74,7 @@ def build(model_name: str, method: str, base_dtype: str, overrides: dict[str, An
         model = model_from_tensors(config, random_tensors(config, 123), quantized, "random")
     if method == "lora":
         lora = LoraConfig()
-        apply_lora(model, LoraSpec(r=lora.r, alpha=lora.alpha, dropout=lora.dropout),
+        apply_lora(model, LoraSpec(r=lora.r, alpha=lora.alpha, dropout=dropout),
                    lora.target_list)
     return model
 
@@ -80,7 +87,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     overrides = json.loads(args.overrides)
     spec = Spec(kind="sftkit", model=args.model, data=DataSpec(args.data), overrides=overrides)
     batch = longest_batch(encoded_splits(spec)[2], spec)
-    model = build(args.model, args.method, args.base_dtype, overrides)
+    model = build(args.model, args.method, args.base_dtype, args.dropout, overrides)
     model.activation_checkpointing = args.checkpointing
     if args.method == "full":
         use_sparse_embedding_gradient(model)
@@ -98,13 +105,14 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(data: str | None, steps: int, quick: bool, log=print,
-            configs: list[tuple[str, str, str, bool]] = CONFIGS) -> list[dict[str, Any]]:
+            configs: list[Config] = CONFIGS) -> list[dict[str, Any]]:
     """Run every configuration in a process of its own, one after the other."""
     overrides = {"n_layers": 2, "emb_dim": 64, "n_heads": 4} if quick else {}
     results = []
-    for model, method, base_dtype, checkpointing in configs:
+    for model, method, base_dtype, checkpointing, dropout in configs:
         command = [sys.executable, "-m", "benchmarks.lora_memory", "--worker",
                    "--model", model, "--method", method, "--base-dtype", base_dtype,
+                   "--dropout", str(dropout),
                    "--steps", str(steps), "--overrides", json.dumps(overrides)]
         if data:
             command += ["--data", data]
@@ -115,8 +123,10 @@ def measure(data: str | None, steps: int, quick: bool, log=print,
             log(f"    {model} {method} {base_dtype}: failed\n{done.stderr[-2000:]}")
             continue
         result = {"model": model, "method": method, "base_dtype": base_dtype,
-                  "checkpointing": checkpointing, **json.loads(done.stdout.splitlines()[-1])}
-        log(f"    {model} {method} {base_dtype}{' +ckpt' if checkpointing else ''}: "
+                  "checkpointing": checkpointing, "dropout": dropout,
+                  **json.loads(done.stdout.splitlines()[-1])}
+        log(f"    {model} {method} {base_dtype}{' +ckpt' if checkpointing else ''} "
+            f"dropout {dropout}: "
             f"{result['rss_mb'] / GIB:.2f} GiB peak RSS, {result['s_per_step']:.1f} s/step")
         results.append(result)
     return results
@@ -126,19 +136,20 @@ def markdown(results: list[dict[str, Any]], data: str, steps: int) -> str:
     """The "LoRA memory" section of RESULTS.md."""
     lines = [f"## LoRA memory: peak RSS at batch 8 of the longest examples of {data} "
              "(random weights, one process per configuration)", "",
-             f"LoRA r=16, alpha 32, dropout 0.05 on every linear of the blocks (`lora.*` "
-             f"defaults); sftkit's training step (`make_step`, fp32); one warm-up step, "
+             "LoRA r=16, alpha 32 on every linear of the blocks (`lora.*` defaults; dropout "
+             "as the table says); sftkit's training step (`make_step`, fp32); one warm-up step, "
              f"then the median of {steps} timed steps. A quantized base is built tensor by "
              "tensor, as `load_pretrained(..., base_dtype=...)` loads one.", "",
-             "| model | method | base | checkpointing | trainable params | peak RSS GiB "
-             "| s/step | vs fp32 base |", "|---|---|---|---|---|---|---|---|"]
-    fp32 = {(r["model"], r["checkpointing"]): r["s_per_step"] for r in results
+             "| model | method | base | checkpointing | dropout | trainable params "
+             "| peak RSS GiB | s/step | vs fp32 base |", "|---|---|---|---|---|---|---|---|---|"]
+    fp32 = {(r["model"], r["checkpointing"], r["dropout"]): r["s_per_step"] for r in results
             if r["method"] == "lora" and r["base_dtype"] == "fp32"}
     for r in results:
-        base = fp32.get((r["model"], r["checkpointing"]))
+        base = fp32.get((r["model"], r["checkpointing"], r["dropout"]))
         ratio = f"{r['s_per_step'] / base:.2f}×" if r["method"] == "lora" and base else ""
         lines.append(f"| {r['model']} | {r['method']} | {r['base_dtype']} | "
-                     f"{'yes' if r['checkpointing'] else 'no'} | {r['trainable']:,} | "
+                     f"{'yes' if r['checkpointing'] else 'no'} | {r['dropout']:g} | "
+                     f"{r['trainable']:,} | "
                      f"{r['rss_mb'] / GIB:.2f} | {r['s_per_step']:.1f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
@@ -151,6 +162,7 @@ def main() -> None:
     parser.add_argument("--method", default="lora", choices=("full", "lora"))
     parser.add_argument("--base-dtype", default="fp32")
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--dropout", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--overrides", default="{}")
     parser.add_argument("--quick", action="store_true")
