@@ -16,7 +16,7 @@ from sftkit.peft import (
     quantized,
     trainable_names,
 )
-from sftkit.peft.quantized import NF4_LEVELS, QuantizedLinear, quantize_model
+from sftkit.peft.quantized import NF4_LEVELS, QuantizedLinear, dequantize_model, quantize_model
 
 QUANTIZED = ("bf16", "int8", "nf4")
 
@@ -208,3 +208,18 @@ def test_dora_on_a_quantized_base_equals_its_effective_weight():
         layer.lora_B.normal_(std=0.2)
     x = torch.randn(2, 64)
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_dequantize_model_leaves_plain_linears_with_the_decoded_weights():
+    model = tiny_model()
+    quantize_model(model, "int8")
+    apply_lora(model, LoraSpec(r=4), ["q_proj"])
+    idx = torch.randint(0, 64, (1, 6))
+    before = model(idx)
+    decoded = model.blocks[0].mlp.fc.dequantize()
+    merge_adapters(model)
+    assert dequantize_model(model) == 10  # the 12 block linears but the 2 merged q_proj
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
+    assert torch.equal(model.blocks[0].mlp.fc.weight, decoded)
+    torch.testing.assert_close(model(idx), before, atol=1e-5, rtol=1e-5)
+    assert all(".codes" not in name for name in model.state_dict())

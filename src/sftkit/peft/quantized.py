@@ -267,3 +267,31 @@ def quantize_model(model: DecoderModel, base_dtype: str) -> int:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, QuantizedLinear.quantize(linear, base_dtype))
     return len(replaced)
+
+
+@torch.no_grad()
+def dequantize_model(model: DecoderModel) -> int:
+    """Replace every `QuantizedLinear` of `model` (adapted or not) by an fp32 `nn.Linear`
+    holding its decoded weight, in place; returns how many. What a model kept quantized needs
+    before it is saved as a plain checkpoint (a LoRA merge replaces only the adapted layers).
+
+    Example:
+        >>> from sftkit.models import ModelConfig, build_model
+        >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=64,
+        ...                                           n_heads=4, vocab_size=64))
+        >>> quantize_model(model, "nf4"), dequantize_model(model), dequantize_model(model)
+        (6, 6, 0)
+    """
+    replaced = [(name, module) for name, module in model.named_modules()
+                if isinstance(module, QuantizedLinear)]
+    for name, layer in replaced:
+        weight = layer.dequantize()
+        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                           device=weight.device)
+        linear.weight.copy_(weight)
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
+        linear.requires_grad_(False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+    return len(replaced)
