@@ -35,8 +35,8 @@ from benchmarks.machine import (  # noqa: E402
 from benchmarks.report import Report  # noqa: E402
 from benchmarks.training import Spec, model_config, run_group  # noqa: E402
 
-SECTIONS = ("peak", "train", "levers", "generate", "memory", "quality", "packing", "lora",
-            "structured")
+SECTIONS = ("peak", "train", "levers", "generate", "memory", "lora-memory", "quality",
+            "packing", "lora", "structured")
 #: Shrunken presets for --quick (same families, seconds per step).
 QUICK_OVERRIDES = {
     "gpt2": {"n_layers": 2, "emb_dim": 64, "n_heads": 4},
@@ -147,6 +147,16 @@ def section_memory(args, report: Report) -> None:
     report.add_memory(args.memory_model, data.label, rows)
 
 
+def section_lora_memory(args) -> str:
+    """LoRA on an fp32/int8/nf4 base beside full fine-tuning (`lora_memory.py`): Markdown."""
+    from benchmarks import lora_memory
+
+    data = datasets(args)[-1]
+    print(f"\n## LoRA memory on {data.label}")
+    results = lora_memory.measure(data.path, steps=1 if args.quick else 2, quick=args.quick)
+    return lora_memory.markdown(results, data.label, 1 if args.quick else 2)
+
+
 def section_quality(args, report: Report) -> None:
     data = datasets(args)[-1]
     if args.quick:
@@ -239,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             section_generate(args, report)
         if "memory" in only:
             section_memory(args, report)
+        lora_memory = section_lora_memory(args) if "lora-memory" in only else ""
         if "quality" in only:
             section_quality(args, report)
         if "packing" in only:
@@ -249,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             section_structured(args, report)
     report.load_after = load_average()
     report.seconds = time.perf_counter() - started
-    text = report.markdown()
+    text = report.markdown() + ("\n" + lora_memory if lora_memory else "")
     print("\n" + text)
     out = Path(args.out)
     staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")

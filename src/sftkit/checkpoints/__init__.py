@@ -162,12 +162,15 @@ def tokenizer_style(tokenizer: Tokenizer, name: str | None, *, default: str,
 
 def load_pretrained(source: str, *, dtype: torch.dtype | str | None = None,
                     config: str | ModelConfig | None = None,
-                    style: str | None = None) -> LoadedModel:
+                    style: str | None = None, base_dtype: str = "fp32") -> LoadedModel:
     """Load a model and its tokenizer from a preset, a path or a Hub id (see the module doc).
 
     `dtype` defaults to float32. `config` (a preset name or a `ModelConfig`) gives the shape of
     a book `.pth` whose width matches no GPT-2 preset. `style` names a prompt style instead of
     the model's own (`"template"`: its own chat template, an error if it has none).
+    `base_dtype` other than "fp32" (`lora.base_dtype`: bf16, int8, nf4, or a GGUF's own
+    blocks, gguf) keeps the linears of the blocks frozen in that form, loaded tensor by tensor
+    (`sftkit.checkpoints.streaming`): the whole fp32 model never exists.
 
     Example:
         >>> import tempfile
@@ -181,7 +184,9 @@ def load_pretrained(source: str, *, dtype: torch.dtype | str | None = None,
         (True, ('<|im_end|>', '<|im_start|>'))
     """
     kind, target = resolve_source(source)
-    if kind == "preset":
+    if base_dtype != "fp32":
+        loaded = _quantized(kind, source, Path(target), base_dtype, config)
+    elif kind == "preset":
         loaded = _from_preset(PRESETS[source], dtype)
     elif kind == "hub":
         loaded = _from_hub(source, dtype)
@@ -382,6 +387,26 @@ def _from_adapter(path: Path, dtype: torch.dtype | str | None) -> LoadedModel:
         base.model.config = base.model.config.replace(prompt_style=style)
     return LoadedModel(base.model, base.model.config, base.tokenizer,
                        f"LoRA adapter {path} merged into {base.source}")
+
+
+def _quantized(kind: str, source: str, target: Path, base_dtype: str,
+               config: str | ModelConfig | None) -> LoadedModel:
+    """`load_pretrained` with a quantized base (`streaming`); a book `.pth` (a pickle, which
+    cannot be read tensor by tensor) is loaded whole and quantized after."""
+    from sftkit.checkpoints.streaming import load_streaming
+    from sftkit.peft.quantized import quantize_model
+
+    preset = PRESETS[source] if kind == "preset" else None
+    if preset is not None:
+        target = _embedded_or_none(preset) or hub.download(str(preset.hf_repo_id))
+    elif kind == "hub":
+        target = hub.download(source)
+    elif _path_format(target) == "book":
+        loaded = _from_path(target, None, config)
+        quantize_model(loaded.model, base_dtype)
+        return loaded
+    model, tokenizer, description = load_streaming(target, base_dtype, preset)
+    return LoadedModel(model, model.config, tokenizer, description)
 
 
 def _from_gguf(path: Path, dtype: torch.dtype | str | None,

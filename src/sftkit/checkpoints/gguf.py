@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,19 +112,29 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
         ...
         sftkit.errors.SftkitError: GGUF file not found: absent.gguf
     """
+    checkpoint, tensors = stream_gguf(path)
+    checkpoint.state_dict = {name: t for name, t in tensors if isinstance(t, torch.Tensor)}
+    return checkpoint
+
+
+def stream_gguf(path: str | Path, keep_rows: Callable[[str], bool] = lambda name: False
+                ) -> tuple[GGUFCheckpoint, Iterator[tuple[str, torch.Tensor | GGUFRows]]]:
+    """`read_gguf` without its state dict (left empty): the HF-named tensors come one at a
+    time from the iterator, so no more than one is ever dequantized at once; the tensors whose
+    HF name `keep_rows` accepts come as `GGUFRows`, kept as the file stores them."""
     path = Path(path)
     reader = open_gguf_reader(path)
     values = metadata_values(reader, path)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     hf_config = _hf_config(values, tensors, path)
-    state_dict = _state_dict(tensors, hf_config, path)
-    return GGUFCheckpoint(
+    checkpoint = GGUFCheckpoint(
         path=path,
         hf_config=hf_config,
-        state_dict=state_dict,
+        state_dict={},
         tokenizer=tokenizer_from_gguf_metadata(values, source=str(path), name=path.stem),
         metadata=_summary(values, tensors),
     )
+    return checkpoint, _hf_tensors(tensors, hf_config, path, keep_rows)
 
 
 def _float32_as_written(value: float) -> float:
@@ -192,28 +202,43 @@ def _rope_scaling(values: Mapping[str, Any], architecture: str, path: Path) -> d
     raise SftkitError(f"{path}: RoPE scaling {kind!r} is not supported (only linear)")
 
 
-def _state_dict(tensors: Mapping[str, Any], config: Mapping[str, Any],
-                path: Path) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class GGUFRows:
+    """A tensor's rows as a GGUF file stores them: `blocks` (rows, bytes a row) uint8 of the
+    `GGMLQuantizationType` `tensor_type` (`sftkit.peft.quantized` decodes them per matmul)."""
+
+    blocks: torch.Tensor
+    tensor_type: int
+
+
+def _hf_tensors(tensors: Mapping[str, Any], config: Mapping[str, Any], path: Path,
+                keep_rows: Callable[[str], bool]
+                ) -> Iterator[tuple[str, torch.Tensor | GGUFRows]]:
     expected = _expected_hf_shapes(config, path)
-    state_dict: dict[str, torch.Tensor] = {}
+    seen = set()
     for gguf_name, tensor in tensors.items():
         hf_name = gguf_to_hf_key(gguf_name, source=str(path))
         if hf_name not in expected:
             raise SftkitError(f"{path}: tensor {gguf_name!r} ({hf_name}) does not belong to a "
                               f"{config['num_hidden_layers']}-layer model")
-        weight = _dequantized(tensor, path)
-        if weight.shape != expected[hf_name]:
+        shape = tuple(int(dim) for dim in reversed(tensor.shape))
+        if shape != expected[hf_name]:
             raise SftkitError(f"{path}: tensor {gguf_name!r} ({hf_name}) has shape "
-                              f"{tuple(weight.shape)}, expected {expected[hf_name]}")
+                              f"{shape}, expected {expected[hf_name]}")
+        kept = keep_rows(hf_name)
+        # A row's blocks are bytes along the input dimension: rows permute as values do.
+        weight = np.array(tensor.data).view(np.uint8).reshape(shape[0], -1) if kept \
+            else _dequantized(tensor, path)
         if hf_name.endswith("self_attn.q_proj.weight"):
             weight = unpermute_rope_rows(weight, config["num_attention_heads"])
         elif hf_name.endswith("self_attn.k_proj.weight"):
             weight = unpermute_rope_rows(weight, config["num_key_value_heads"])
-        state_dict[hf_name] = torch.from_numpy(weight)
-    missing = sorted(set(expected) - set(state_dict))
+        seen.add(hf_name)
+        yield hf_name, (GGUFRows(torch.from_numpy(weight), int(tensor.tensor_type)) if kept
+                        else torch.from_numpy(weight))
+    missing = sorted(set(expected) - seen)
     if missing:
         raise SftkitError(f"{path}: missing tensors {', '.join(missing)}")
-    return state_dict
 
 
 def _expected_hf_shapes(hf_config: Mapping[str, Any], path: Path) -> dict[str, tuple[int, ...]]:

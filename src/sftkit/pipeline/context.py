@@ -45,9 +45,12 @@ class RunContext:
         `use_finetuned` was called; `self.style` is its prompt style."""
         if self.loaded is None:
             started = time.perf_counter()
-            args = self.config.model
+            args, config = self.config.model, self.config
+            # A LoRA/DoRA run keeps its frozen base in `lora.base_dtype` from the start, so
+            # the baseline answers are those of the model it fine-tunes.
+            base_dtype = config.lora.base_dtype if config.train.method != "full" else "fp32"
             self._use(load_pretrained(args.name, config=args.config or None,
-                                      style=self.config.data.style or None))
+                                      style=config.data.style or None, base_dtype=base_dtype))
             loaded = self.loaded_model
             self.log(f"model: {loaded.source} ({loaded.model.num_parameters() / 1e6:.1f}M"
                      f" parameters, loaded in {time.perf_counter() - started:.1f} s), "

@@ -41,9 +41,9 @@ def stage_train(context: RunContext) -> None:
 
 
 def save_trained(context: RunContext) -> str:
-    """Save what training made: a LoRA/DoRA run's adapter/, else model-hf/ and model/. Returns where, for the log. The directory that marks
-    the stage done (`RunDir.has_model`) is written last; it keeps the prompt style (or
-    template) trained with."""
+    """Save what training made: a LoRA/DoRA run's adapter/, else model-hf/ and model/.
+    Returns where, for the log. The directory that marks the stage done (`RunDir.has_model`)
+    is written last; it keeps the prompt style (or template) trained with."""
     from sftkit.checkpoints.hf import save_hf_directory
     from sftkit.checkpoints.native import save_native, style_files
     from sftkit.checkpoints.peft_files import save_adapter
