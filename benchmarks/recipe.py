@@ -25,6 +25,7 @@ the prediction.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -111,7 +112,7 @@ class Candidate:
     def train_config(self, precision: str) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, schedule=self.schedule,
                            warmup_steps=self.warmup, mask_prompt=self.mask_prompt,
-                           eval_every=0, eval_batches=1, checkpoint_every=0,
+                           eval_every=0, eval_batches=1, checkpoint_every=25,
                            precision=precision)
 
     def adapt(self, model: DecoderModel) -> list[str]:
@@ -232,9 +233,10 @@ class Setup:
     precision: str
     max_length: int
     max_new_tokens: int
-    slow_gflops: float
     max_steps: int
     out: Path
+    work_dir: Path | None = None
+    """Keep each candidate's checkpoints here: the same command resumes a killed candidate."""
     sealed_test: Path | None = None
     """Where the last epoch's test scores go, unread while choosing (the chosen candidate's
     are its final figures, without training it again)."""
@@ -253,7 +255,14 @@ def run_candidate(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
                           config, setup.max_length)
     counts = flop_counts(model, candidate.method)
     clock = _Clock()
-    rows: list[dict[str, Any]] = []
+    earlier = [row for row in read_rows(setup.out) if setup.work_dir is not None
+               and row.get("label") == candidate.label and row.get("split") == setup.split
+               and "epoch" in row]
+    if len(earlier) >= candidate.epochs:
+        print(f"[{candidate.label}] done already in {setup.out}", flush=True)
+        return earlier
+    clock.seconds = earlier[-1]["train_s"] if earlier else 0.0
+    rows: list[dict[str, Any]] = list(earlier)
 
     def after_epoch(trained: DecoderModel) -> str:
         with clock.paused():
@@ -268,7 +277,7 @@ def run_candidate(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
             print(summary_line(row), flush=True)
         return ""
 
-    with tempfile.TemporaryDirectory() as run_dir:
+    with _run_dir(setup.work_dir, candidate) as run_dir:
         trainer = Trainer(model, train,
                           InstructionDataset(setup.splits.val, loaded.tokenizer, style),
                           config, Path(run_dir), max_length=setup.max_length,
@@ -277,7 +286,7 @@ def run_candidate(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
               f"{trainable(model) / 1e6:.2f}M weights train, "
               f"{optimizer_parameters(trainer) / 1e6:.2f}M in the optimizer", flush=True)
         clock.start()
-        trainer.fit(resume=False)
+        trainer.fit(resume=setup.work_dir is not None)
     if setup.sealed_test is not None and rows:
         test = score_epoch(model, loaded, style, setup.splits.test, setup)
         _append(setup.sealed_test, {"label": candidate.label, "epoch": rows[-1]["epoch"],
@@ -288,6 +297,17 @@ def run_candidate(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
         _append(setup.out, {"label": candidate.label, "merge_check": check})
         print(f"[{candidate.label}] merged adapters: {check}", flush=True)
     return rows
+
+
+def _run_dir(work_dir: Path | None, candidate: Candidate
+             ) -> contextlib.AbstractContextManager[str]:
+    """The candidate's own directory under `work_dir` (kept, so a rerun resumes), else a
+    temporary one."""
+    if work_dir is None:
+        return tempfile.TemporaryDirectory()
+    path = work_dir / candidate.label.replace(" ", "_")
+    path.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(str(path))
 
 
 class _Clock:
@@ -443,6 +463,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the slow machine's seconds outside training steps (evaluations, "
                         "baseline and test answers: 60 + 206 + 58 measured there)")
     parser.add_argument("--out", type=Path, default=Path("recipe.jsonl"))
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep each candidate's checkpoints here; rerunning the same "
+                        "command resumes a killed candidate (its minutes then miss the steps "
+                        "lost since its last checkpoint)")
     parser.add_argument("--sealed-test", type=Path, default=None,
                         help="also score the test split after the last epoch, into this file "
                         "(to be opened for the chosen candidate only)")
@@ -468,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         print(f"splits of {args.data}: train {len(splits.train)}, val {len(splits.val)}, "
               f"test {len(splits.test)}; scoring {args.split}", flush=True)
         setup = Setup(args.model, splits, args.split, predicted, precision, args.max_length,
-                      args.max_new_tokens, args.slow_gflops, args.max_steps, args.out,
+                      args.max_new_tokens, args.max_steps, args.out, args.work_dir,
                       args.sealed_test)
         for text in args.candidates:
             run_candidate(Candidate.parse(text), setup)

@@ -103,10 +103,11 @@ def test_recipe_sweep_scores_each_epoch_and_merges_adapters(bench, tmp_path, cap
     data = tmp_path / "data.json"
     data.write_text(json.dumps(records))
     out, sealed = tmp_path / "rows.jsonl", tmp_path / "test.jsonl"
-    text = recipe.main(["--data", str(data), "--predict-data", str(data), "--model",
-                        str(model_dir), "--precision", "fp32", "--max-new-tokens", "3",
-                        "--candidates", "method=full,epochs=2", "method=lora,r=2,lr=1e-3",
-                        "--out", str(out), "--sealed-test", str(sealed)])
+    args = ["--data", str(data), "--predict-data", str(data), "--model", str(model_dir),
+            "--precision", "fp32", "--max-new-tokens", "3", "--candidates",
+            "method=full,epochs=2", "method=lora,r=2,lr=1e-3", "--out", str(out),
+            "--sealed-test", str(sealed), "--work-dir", str(tmp_path / "work")]
+    text = recipe.main(args)
     rows = recipe.read_rows(out)
     scored = [row for row in rows if "epoch" in row]
     assert [(row["label"].split()[0], row["epoch"]) for row in scored] == [
@@ -120,3 +121,5 @@ def test_recipe_sweep_scores_each_epoch_and_merges_adapters(bench, tmp_path, cap
                      if line.startswith("[lora") and "in the optimizer" in line)
     trained, in_optimizer = re.findall(r"([\d.]+)M", lora_line)
     assert trained == in_optimizer  # the frozen base has no optimizer state
+    recipe.main(args)  # a rerun finds every candidate done
+    assert recipe.read_rows(out) == rows
