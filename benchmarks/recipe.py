@@ -9,17 +9,20 @@ one recipe already chosen), and predict its training minutes on a slower machine
 Each candidate is `key=value` pairs (see `Candidate`). The data is split as `sftkit run` splits
 it (`sftkit.data.records.split_indices`: train 0.85, then test 0.10, the rest validation, in
 file order). After every epoch the model answers the scored split greedily (the pipeline's
-generation settings) and one JSONL row is appended: validation loss on the answer tokens,
-exact match, ROUGE-L F1 (`sftkit.evaluation.metrics`), training seconds and FLOPs, and the
-predicted training minutes of `make run` (the embedded data) on a machine of `--slow-gflops`.
+generation settings) and one JSONL row is appended: loss on the answer tokens (the same measure
+whatever the candidate trained on), exact match and ROUGE-L F1 (`sftkit.evaluation.metrics`),
+training seconds, and the workload behind the predicted minutes of `make run`. With
+`--sealed-test`, the test split is scored once after the last epoch into a separate file, to
+be opened for the chosen candidate only.
 
-How the prediction is made: the FLOPs of a training step are counted from its batch shapes,
-6·N per position for full fine-tuning (forward 2N, input gradients 2N, weight gradients 2N;
-N = the matmul weights, the tied head included) or 4·N plus the adapters' own for LoRA (the
-frozen weights get no weight gradient), plus attention 12·layers·dim·Σ length². This machine's
-fp32 matmul GFLOP/s at the model's shapes gives the share of peak training reaches here; that
-share, applied to the slow machine's peak, times the FLOPs of the embedded data's epochs, is
-the prediction.
+How the prediction is made: a step's FLOPs are counted from its batch shapes: the blocks'
+matmuls at every position, 6·N for full fine-tuning (forward 2N, input gradients 2N, weight
+gradients 2N) or 4·N plus the adapters' 6·r·(in + out) for LoRA/DoRA (frozen weights get no
+weight gradient); the head (vocab × dim) at the supervised positions only, as sftkit's loss
+runs it; attention 12·layers·dim·Σ length². The slow machine's training FLOP rate is
+calibrated from one measured step time there (`--slow-step-s`: today's default recipe, full
+fine-tuning); each candidate's minutes = the FLOPs of its epochs over `--predict-data` (the
+embedded data of `make run`) at that rate, plus the measured non-training seconds.
 """
 
 from __future__ import annotations
@@ -421,13 +424,13 @@ def table(rows: Sequence[dict[str, Any]], slow_rate: float, fixed_slow_s: float)
 
 
 def reference_rate(model: DecoderModel, loaded: LoadedModel, records: list[dict[str, Any]],
-                   max_length: int, slow_seconds: float) -> float:
-    """FLOP/s the slow machine reached: today's default recipe (full, one epoch) on `records`
-    took `slow_seconds` of training steps there."""
+                   max_length: int, slow_step_s: float) -> float:
+    """FLOP/s the slow machine reached: a step of today's default recipe (full fine-tuning)
+    on `records` took `slow_step_s` seconds there."""
     config = TrainConfig()
     work = epoch_workload(InstructionDataset(records, loaded.tokenizer, loaded.style), config,
                           max_length)
-    return training_flops(flop_counts(model, "full"), work, 1) / slow_seconds
+    return training_flops(flop_counts(model, "full"), work, 1) / work["steps"] / slow_step_s
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -456,9 +459,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the data of the run whose time is predicted (`make run`'s)")
     parser.add_argument("--slow-gflops", type=float, default=SLOW_GFLOPS,
                         help="the slow machine's fp32 matmul GFLOP/s at our shapes")
-    parser.add_argument("--slow-train-s", type=float, default=591.0,
-                        help="seconds of training steps today's default recipe (full, one "
-                        "epoch) took on the slow machine: calibrates its FLOP rate")
+    parser.add_argument("--slow-step-s", type=float, default=3.5,
+                        help="seconds a step of today's default recipe (full fine-tuning) "
+                        "took on the slow machine: calibrates the FLOP rate it reaches")
     parser.add_argument("--fixed-slow-s", type=float, default=60 + 206 + 58,
                         help="the slow machine's seconds outside training steps (evaluations, "
                         "baseline and test answers: 60 + 206 + 58 measured there)")
@@ -482,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     probe = load_pretrained(args.model)
     rate_here = model_shape_gflops(probe.model, rows=8 * 128)
     predicted = book_splits(args.predict_data).train
-    slow_rate = reference_rate(probe.model, probe, predicted, args.max_length, args.slow_train_s)
+    slow_rate = reference_rate(probe.model, probe, predicted, args.max_length, args.slow_step_s)
     print(f"{cpu_info()['cpu']}, {torch.get_num_threads()} threads, load {load_average()}: "
           f"fp32 matmul {rate_here:.0f} GFLOP/s at {args.model}'s shapes (1024 rows); the slow "
           f"machine reached {slow_rate / 1e9:.0f} GFLOP/s in training "
