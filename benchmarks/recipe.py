@@ -258,9 +258,7 @@ def run_candidate(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
                           config, setup.max_length)
     counts = flop_counts(model, candidate.method)
     clock = _Clock()
-    earlier = [row for row in read_rows(setup.out) if setup.work_dir is not None
-               and row.get("label") == candidate.label and row.get("split") == setup.split
-               and "epoch" in row]
+    earlier = _earlier_rows(candidate, setup)
     if len(earlier) >= candidate.epochs:
         print(f"[{candidate.label}] done already in {setup.out}", flush=True)
         return earlier
@@ -290,16 +288,31 @@ def run_candidate(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
               f"{optimizer_parameters(trainer) / 1e6:.2f}M in the optimizer", flush=True)
         clock.start()
         trainer.fit(resume=setup.work_dir is not None)
-    if setup.sealed_test is not None and rows:
+    if rows:
+        _after_training(candidate, setup, loaded, rows)
+    return rows
+
+
+def _earlier_rows(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
+    """The rows a killed run of `candidate` wrote (only when resuming from `work_dir`)."""
+    return [row for row in read_rows(setup.out) if setup.work_dir is not None
+            and row.get("label") == candidate.label and row.get("split") == setup.split
+            and "epoch" in row]
+
+
+def _after_training(candidate: Candidate, setup: Setup, loaded: LoadedModel,
+                    rows: list[dict[str, Any]]) -> None:
+    """The sealed test scores, and for adapters the merge check."""
+    model, style = loaded.model, loaded.style
+    if setup.sealed_test is not None:
         test = score_epoch(model, loaded, style, setup.splits.test, setup)
         _append(setup.sealed_test, {"label": candidate.label, "epoch": rows[-1]["epoch"],
                                     "split": "test", **test})
-    if candidate.method != "full" and rows:
+    if candidate.method != "full":
         check = merge_check(model, loaded, style, getattr(setup.splits, setup.split)[:8],
                             setup, rows[-1]["responses"][:8])
         _append(setup.out, {"label": candidate.label, "merge_check": check})
         print(f"[{candidate.label}] merged adapters: {check}", flush=True)
-    return rows
 
 
 def _run_dir(work_dir: Path | None, candidate: Candidate
