@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,50 @@ def test_structured_output_section(bench):
     assert all(row.get("error", "") == "" for row in rows)
     text = structured.markdown({"GPT-2": rows}, 1000.0, ("0", "0"), 1)
     assert text.startswith("## Structured output") and "| GPT-2 | json | llguidance |" in text
+
+
+def test_recipe_sweep_scores_each_epoch_and_merges_adapters(bench, tmp_path, capsys):
+    """benchmarks/recipe.py on a tiny Llama: one row per epoch, LoRA merged with the same
+    answers, and only the adapters in the optimizer."""
+    import json
+
+    from sftkit.checkpoints.native import save_native
+    from sftkit.data.prompts import get_style
+    from sftkit.models import ModelConfig, build_model
+    from sftkit.tokenizers import load_tokenizer
+
+    sys.path.insert(0, str(BENCHMARKS.parent))
+    try:
+        from benchmarks import recipe
+    finally:
+        sys.path.remove(str(BENCHMARKS.parent))
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("smollm2-135m-instruct", n_layers=1, emb_dim=32, n_heads=2,
+                                   n_kv_heads=1, hidden_dim=64)
+    model_dir = save_native(build_model(config), load_tokenizer("smollm2"), tmp_path / "tiny",
+                            style=get_style("chatml"))
+    records = [{"instruction": f"Add {i} and 1.", "input": "", "output": f"{i + 1}."}
+               for i in range(40)]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    out, sealed = tmp_path / "rows.jsonl", tmp_path / "test.jsonl"
+    args = ["--data", str(data), "--predict-data", str(data), "--model", str(model_dir),
+            "--precision", "fp32", "--max-new-tokens", "3", "--candidates",
+            "method=full,epochs=2", "method=lora,r=2,lr=1e-3", "--out", str(out),
+            "--sealed-test", str(sealed), "--work-dir", str(tmp_path / "work")]
+    text = recipe.main(args)
+    rows = recipe.read_rows(out)
+    scored = [row for row in rows if "epoch" in row]
+    assert [(row["label"].split()[0], row["epoch"]) for row in scored] == [
+        ("full", 1), ("full", 2), ("lora", 1)]
+    assert all(row["count"] == 2 and row["split"] == "val" for row in scored)  # 40 → 34/4/2
+    check = rows[-1]["merge_check"]
+    assert check["same_answers"] == "2/2" and check["max_logit_diff"] < 1e-4
+    assert [row["count"] for row in recipe.read_rows(sealed)] == [4, 4]
+    assert text.count("\n") == 1 + len(scored)
+    lora_line = next(line for line in capsys.readouterr().out.splitlines()
+                     if line.startswith("[lora") and "in the optimizer" in line)
+    trained, in_optimizer = re.findall(r"([\d.]+)M", lora_line)
+    assert trained == in_optimizer  # the frozen base has no optimizer state
+    recipe.main(args)  # a rerun finds every candidate done
+    assert recipe.read_rows(out) == rows
