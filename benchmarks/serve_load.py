@@ -144,7 +144,7 @@ def markdown(model: str, results: dict[str, dict[str, Any]], clients: int, round
              new_tokens: int, loads: tuple[str, str]) -> str:
     cpu = cpu_info()
     lines = [
-        f"## Serve under load ({model}, fp32, greedy; `benchmarks/serve_load.py`: "
+        f"## Serve under load ({model}, greedy; `benchmarks/serve_load.py`: "
         f"{cpu['cpu']}, {cpu['cores']} cores, load average {loads[0]} before, {loads[1]} "
         "after, the machine shared with other jobs)",
         "",
