@@ -1,11 +1,21 @@
-"""`sftkit chat`: an interactive terminal chat that streams the model's answer."""
+"""`sftkit chat`: an interactive terminal chat that streams the model's answer.
+
+Ctrl-C while an answer is being written stops that answer (what was shown stays in the
+conversation, as Ollama does); Ctrl-C at the prompt, twice in a row, quits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-HELP = "commands: /reset forgets the conversation, /bye (or Ctrl-D) quits"
+if TYPE_CHECKING:
+    from sftkit.generation import TextStreamer
+
+HELP = ("commands: /reset forgets the conversation, /bye (or Ctrl-D) quits; Ctrl-C stops an "
+        "answer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +46,21 @@ def run(args: argparse.Namespace) -> int:
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)
     print(f"{loaded.source}, {style.name} prompts. {HELP}", file=sys.stderr)
+    at_prompt_interrupt = False  # the last Ctrl-C came at the prompt: another one quits
     while True:
         try:
             user = input(">>> ")
         except EOFError:
             print()
             return 0
+        except KeyboardInterrupt:
+            if at_prompt_interrupt:
+                print()
+                return 0
+            at_prompt_interrupt = True
+            print("\n(Ctrl-C again, /bye or Ctrl-D to quit)", file=sys.stderr)
+            continue
+        at_prompt_interrupt = False
         command = user.strip()
         if command in ("/bye", "/exit", "/quit"):
             return 0
@@ -56,8 +75,17 @@ def run(args: argparse.Namespace) -> int:
         while len(ids) + 16 > loaded.config.context_length and len(messages) > 2:
             messages = opening + messages[len(opening) + 2:]
             ids = tokenizer.encode(style.format_conversation(messages))
-        streamer = TextStreamer(tokenizer.decode, style.stop_strings)
-        for token in stream(loaded.model, ids, config, decode=tokenizer.decode):
+        answer = _write_answer(stream(loaded.model, ids, config, decode=tokenizer.decode),
+                               TextStreamer(tokenizer.decode, style.stop_strings))
+        messages.append({"role": "assistant", "content": answer})
+
+
+def _write_answer(tokens: Iterator[int], streamer: TextStreamer) -> str:
+    """Print the answer as its tokens come; Ctrl-C stops it. The answer as shown."""
+    try:
+        for token in tokens:
             print(streamer.feed(token), end="", flush=True)
         print(streamer.flush(), flush=True)
-        messages.append({"role": "assistant", "content": streamer.text.strip()})
+    except KeyboardInterrupt:
+        print(flush=True)  # this answer ends here; the chat goes on
+    return streamer.text.strip()

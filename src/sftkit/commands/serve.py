@@ -34,7 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style", help="prompt style for chat messages (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps, ...")
     parser.add_argument("--max-new-tokens", type=int, default=2048,
-                        help="the most tokens one request may generate (default: 2048)")
+                        help="the cap on one request's new tokens: num_predict (Ollama) and "
+                             "max_tokens (OpenAI) above it, or unset, get this many at most, and "
+                             "an answer it cuts short ends with done_reason/finish_reason "
+                             "\"length\" (default: 2048)")
+    parser.add_argument("--slots", type=int, default=16,
+                        help="the most requests generated together (continuous batching: a "
+                             "new request joins at the next token; more wait) (default: 16)")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"),
                         help="the server's log level")
@@ -90,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     # Every mistake in the arguments is found before the model's (long) load.
     if args.max_new_tokens < 1:
         raise SftkitError("--max-new-tokens must be at least 1")
+    if args.slots < 1:
+        raise SftkitError("--slots must be at least 1")
     device = pick_device(args.device)
     if args.style:
         check_style_name(args.style)
@@ -100,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         loaded.model.to(device)
         name = args.name or default_name(source)
         engine = Engine(loaded, name=name, style=args.style,
-                        limits=Limits(max_new_tokens=args.max_new_tokens),
+                        limits=Limits(max_new_tokens=args.max_new_tokens, slots=args.slots),
                         load_seconds=time.perf_counter() - start)
         _print_banner(engine, args.host, listener.getsockname()[1])
         serve(engine, log_level=args.log_level, listener=listener)
@@ -114,7 +122,8 @@ def _print_banner(engine: Engine, host: str, port: int) -> None:
     request = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}],
                           "stream": False})
     print(f"serving {name!r}: {engine.loaded.source}, {engine.style.name} prompts, "
-          f"loaded in {engine.load_seconds:.1f} s\n"
+          f"loaded in {engine.load_seconds:.1f} s, up to {engine.limits.slots} requests "
+          f"at once, {engine.limits.max_new_tokens} new tokens each\n"
           f"  listening on {url} (Ollama API at /api, OpenAI-compatible API at /v1)\n"
           f"  ollama:  OLLAMA_HOST={url} ollama run {name}\n"
           f"  curl:    curl {url}/api/chat -d '{request}'\n"

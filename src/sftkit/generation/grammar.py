@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,9 +45,6 @@ import numpy as np
 import torch
 
 from sftkit.errors import SftkitError
-from sftkit.generation.config import GenerationConfig
-from sftkit.generation.sampling import sample_next
-from sftkit.models import Model
 from sftkit.tokenizers import Tokenizer
 
 ANY_OBJECT = {"type": "object"}
@@ -253,44 +249,6 @@ class GrammarConstraint:
     def accepting(self) -> bool:
         """Whether the text so far is a complete reply (end-of-text would be allowed)."""
         return bool(self._matcher.is_accepting())
-
-
-@torch.inference_mode()
-def stream_constrained(model: Model, prompt: Sequence[int], config: GenerationConfig,
-                       constraint: Constraint) -> Iterator[int]:
-    """Yield the new tokens of one prompt, each sampled from logits `constraint` masked, until a
-    stop id, `config.max_new_tokens` (or the context) or the end of the grammar.
-
-    One row with a KV cache: the server's way to a constrained answer until the batched engine
-    applies a constraint per row.
-
-    >>> from sftkit.models import ModelConfig, build_model
-    >>> from sftkit.tokenizers import gpt2_tokenizer
-    >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2))
-    >>> constraint = ollama_format({"enum": ["yes", "no"]}).constraint(gpt2_tokenizer())
-    >>> tokens = stream_constrained(model.eval(), [1, 2], GenerationConfig(), constraint)
-    >>> gpt2_tokenizer().decode(list(tokens)) in ('"yes"', '"no"')
-    True
-    """
-    device = next(model.parameters()).device
-    max_new = min(config.max_new_tokens, model.config.context_length - len(prompt))
-    generator = None if config.seed is None else \
-        torch.Generator(device=device).manual_seed(config.seed)
-    cache = model.make_kv_cache(1, len(prompt) + max_new, device=device)
-    logits = model(torch.tensor([list(prompt)], device=device), kv_cache=cache,
-                   input_pos=0)[:, -1]
-    for step in range(max_new):
-        constraint.mask(logits[0])
-        token = int(sample_next(logits, config.temperature, config.top_k, config.top_p,
-                                generator)[0])
-        if token in config.stop_ids:
-            return
-        constraint.advance(token)
-        yield token
-        if constraint.finished() or step == max_new - 1:
-            return
-        logits = model(torch.tensor([[token]], device=device), kv_cache=cache,
-                       input_pos=len(prompt) + step)[:, -1]
 
 
 class _TokenizerView:

@@ -1,7 +1,7 @@
 """`sftkit serve`: an Ollama- and OpenAI-compatible HTTP API over one model.
 
-`engine` runs generations on one worker thread (no two requests share the KV cache; the event
-loop never waits on the model), taking `jobs` from a queue in batches (`batching`);
+`engine` turns requests into `jobs`, which one `worker` thread generates together in a
+continuous batch (a request joins it at the next step; the event loop never waits on the model);
 `ollama_api` and `openai_api` translate the two protocols, `params` checks every request field;
 `app` holds the routes, the request-size limit and the uvicorn runner.
 

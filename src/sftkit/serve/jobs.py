@@ -1,9 +1,9 @@
 """What a request becomes and what it gets back: its `Sampling`, its `Job`, its `Completion`.
 
-A job crosses threads twice: the request's coroutine queues it, the engine's worker thread
+A job crosses threads twice: the request's coroutine submits it, the engine's worker thread
 generates it and hands each text piece back with `Job.deliver`, and the coroutine reads them
-with `Job.results`. A job whose reader stops early is marked cancelled, so the worker skips or
-stops it.
+with `Job.results`. A job whose reader stops early is marked cancelled, so the worker skips it or
+frees its slot.
 
 Example:
     >>> import asyncio
@@ -13,7 +13,7 @@ Example:
     ...     job.connect()
     ...     job.deliver("Hel")  # what the worker does, from its thread
     ...     job.deliver("lo")
-    ...     job.deliver(Completion.of(job, "Hello", [9, 10], stopped=False,
+    ...     job.deliver(Completion.of(job, "Hello", [9, 10], "length",
     ...                               started=job.created, first_token_at=job.created))
     ...     return [item async for item in job.results()]
     >>> [getattr(item, "done_reason", item) for item in asyncio.run(answer())]
@@ -47,13 +47,14 @@ class Limits:
     """What one request may ask of the server."""
 
     max_new_tokens: int = 2048
-    """The most tokens one request may generate (the context may allow fewer)."""
+    """The cap on one request's new tokens (`num_predict`, `max_tokens`; the context may allow
+    fewer): an answer it cuts short ends with done reason "length"."""
     max_body_bytes: int = 1_000_000
     """Larger request bodies are refused with 413."""
     max_queue: int = 512
     """Requests waiting beyond this are refused with 503 (Ollama's OLLAMA_MAX_QUEUE)."""
-    max_batch: int = 16
-    """The most greedy requests generated together."""
+    slots: int = 16
+    """The most requests generated together (the continuous batch's rows); more wait."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     done_reason: str
-    """"stop" (end-of-text or a stop string) or "length" (the token limit)."""
+    """"stop" (end-of-text, a stop string, a complete output format) or "length" (the token
+    limit: the request's, the server's cap or the context)."""
     tokens: list[int]
     queue_ns: int
     prompt_eval_ns: int
@@ -91,14 +93,13 @@ class Completion:
     total_ns: int
 
     @classmethod
-    def of(cls, job: Job, text: str, tokens: list[int], stopped: bool, started: float,
+    def of(cls, job: Job, text: str, tokens: list[int], done_reason: str, started: float,
            first_token_at: float) -> Completion:
-        """The completion of `job`, which left the queue at `started` (perf_counter seconds)
-        and had its first token at `first_token_at`; `stopped`: by a stop string."""
+        """The completion of `job`, which reached the generator at `started` (perf_counter
+        seconds), had its first token at `first_token_at` and ended for `done_reason`."""
         end = time.perf_counter()
-        hit_limit = len(tokens) >= job.config.max_new_tokens and not stopped
         return cls(text=text, prompt_tokens=len(job.prompt_ids), completion_tokens=len(tokens),
-                   done_reason="length" if hit_limit else "stop", tokens=tokens,
+                   done_reason=done_reason, tokens=tokens,
                    queue_ns=_ns(started - job.created), prompt_eval_ns=_ns(
                        first_token_at - started), eval_ns=_ns(end - first_token_at),
                    total_ns=_ns(end - job.created))

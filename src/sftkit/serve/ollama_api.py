@@ -6,7 +6,9 @@ unchanged. Streaming (the default) sends NDJSON: pieces with `done: false`, then
 `done: true`, `done_reason` and the counters (durations in nanoseconds).
 
 `load_duration` reports how long the request waited for the model (the model itself is loaded
-once, at start-up): under load that is the time spent queued behind other requests.
+once, at start-up). `done_reason` is "length" when the token cap (`num_predict`, the server's
+`--max-new-tokens` or the context) ended the answer. `/api/ps` adds the server's load to
+Ollama's fields: `queue_length`, `active_rows`, `slots`, `tokens_per_second`.
 
 Example:
     $ curl http://127.0.0.1:11434/api/chat -d '{"model": "smollm2-135m-instruct",
@@ -220,10 +222,11 @@ def tags(engine: Engine, started: str) -> Response:
 
 
 def ps(engine: Engine, started: str) -> Response:
-    """GET /api/ps: the one model, always loaded."""
+    """GET /api/ps: the one model, always loaded, with sftkit's load beside Ollama's fields
+    (`Engine.load`: queue_length, active_rows, slots, tokens_per_second)."""
     entry = _model_entry(engine, started)
     entry.update(expires_at="9999-12-31T23:59:59Z", size_vram=0,
-                 context_length=engine.config.context_length)
+                 context_length=engine.config.context_length, **engine.load())
     return JSONResponse({"models": [entry]})
 
 
