@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import weakref
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,22 +51,6 @@ ANY_OBJECT = {"type": "object"}
 # Keywords whose values are data, not schemas, and those mapping names to schemas.
 _DATA_KEYWORDS = ("enum", "const", "default", "examples")
 _NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-
-
-class Constraint(Protocol):
-    """What a decode loop calls, per row, to keep its tokens inside a grammar."""
-
-    def mask(self, logits: torch.Tensor) -> None:
-        """Set the row's disallowed (V,) logits to -inf, in place."""
-        ...
-
-    def advance(self, token: int) -> None:
-        """Take the token the row generated."""
-        ...
-
-    def finished(self) -> bool:
-        """Whether the grammar is complete (the row stops)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -207,8 +191,8 @@ def _schema_format(schema: dict[str, Any], source: str) -> JsonFormat:
 
 
 class GrammarConstraint:
-    """One row's grammar state (see `Constraint`); its bit mask buffer is reused at every
-    token."""
+    """One row's grammar state (a `sftkit.generation.constraints.Constraint`); its bit mask
+    buffer is reused at every token."""
 
     def __init__(self, grammar: str, tokenizer: Tokenizer, vocab_size: int, *,
                  source: str = "format"):

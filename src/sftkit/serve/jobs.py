@@ -30,7 +30,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sftkit.generation import GenerationConfig
-from sftkit.generation.grammar import Constraint, JsonFormat
+from sftkit.generation.constraints import Constraint
+from sftkit.generation.grammar import JsonFormat
 
 
 class RequestError(Exception):
