@@ -17,6 +17,7 @@ share of fp32's tokens that each engine reproduced before its first difference.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -88,8 +89,12 @@ def run_decode(data: DataSpec, max_new_tokens: int, max_prompts: int | None = No
         "sftkit int8": lambda: generate(int8, prompts, config),
         "sftkit static batching (before)": lambda: generate_static(
             model, prompts, max_new_tokens, {eos}, SLOTS),
-        "llama.cpp one at a time": lambda: llamacpp_generate(prompts, max_new_tokens, {eos}),
     }
+    if importlib.util.find_spec("llama_cpp") is None:
+        log("llama-cpp-python is not installed (pip install llama-cpp-python): no llama.cpp run")
+    else:
+        runs["llama.cpp one at a time"] = lambda: llamacpp_generate(prompts, max_new_tokens,
+                                                                     {eos})
     for warm in (model, int8):  # first allocations and kernel selection
         generate(warm, prompts[:2], GenerationConfig(max_new_tokens=4, batch_size=2))
     results: dict[str, Any] = {"prompts": len(prompts), "max_new_tokens": max_new_tokens,

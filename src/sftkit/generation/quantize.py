@@ -59,6 +59,9 @@ class Int8Linear(nn.Module):
         True
     """
 
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
