@@ -151,7 +151,14 @@ def main() -> None:
     parser.add_argument("--data", help="instruction file (default: the embedded data)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--prompts", type=int, help="only the first N test prompts")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for sftkit (0 = torch's default, one per core; on "
+                             "a loaded machine 1 avoids OpenMP threads waiting on each other)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     results = run_decode(DataSpec(args.data) if args.data else DataSpec(), args.max_new_tokens,
                          args.prompts)
     print("\n" + markdown(results))
