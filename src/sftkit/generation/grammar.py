@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from sftkit.errors import SftkitError
-from sftkit.generation.engine import GenerationConfig, sample_next
+from sftkit.generation.config import GenerationConfig
+from sftkit.generation.sampling import sample_next
 from sftkit.models import Model
 from sftkit.tokenizers import Tokenizer
 
