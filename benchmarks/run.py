@@ -36,7 +36,7 @@ from benchmarks.report import Report  # noqa: E402
 from benchmarks.training import Spec, model_config, run_group  # noqa: E402
 
 SECTIONS = ("peak", "train", "levers", "generate", "memory", "lora-memory", "quality",
-            "packing", "lora", "structured")
+            "packing", "lora", "structured", "decode")
 #: Shrunken presets for --quick (same families, seconds per step).
 QUICK_OVERRIDES = {
     "gpt2": {"n_layers": 2, "emb_dim": 64, "n_heads": 4},
@@ -213,6 +213,16 @@ def section_generate(args, report: Report) -> None:
                                                 max_prompts=6 if args.quick else None))
 
 
+def section_decode(args) -> str:
+    """sftkit fp32 / int8 / static batching against llama.cpp (`llamacpp.py`): Markdown."""
+    from benchmarks.llamacpp import markdown, run_decode
+
+    data = datasets(args)[-1]
+    print(f"\n## decode speed against llama.cpp on {data.label}")
+    return markdown(run_decode(data, args.max_new_tokens,
+                               max_prompts=4 if args.quick else None))
+
+
 def section_structured(args, report: Report) -> None:
     from benchmarks.structured import run as run_structured
 
@@ -258,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             section_lora(args, report, Path(tmp))
         if "structured" in only:
             section_structured(args, report)
+        decode = section_decode(args) if "decode" in only else ""
     report.load_after = load_average()
     report.seconds = time.perf_counter() - started
-    text = report.markdown() + ("\n" + lora_memory if lora_memory else "")
+    text = report.markdown() + "".join("\n" + extra for extra in (lora_memory, decode) if extra)
     print("\n" + text)
     out = Path(args.out)
     staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")

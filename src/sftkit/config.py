@@ -230,8 +230,13 @@ class GenerateConfig:
     saves time (the long answers no longer hold up the short ones)."""
     seed: int = 123
     """Seed of the sampler (when temperature > 0)."""
+    quantize: str = "none"
+    """"int8": decode with int8 weights on a CPU (faster; greedy answers may differ a little
+    from fp32's, and may depend on the batch); "none": the weights as loaded."""
 
     def __post_init__(self) -> None:
+        _require(self.quantize in ("none", "int8"),
+                 f"generate.quantize must be none or int8, got {self.quantize!r}")
         _require(self.max_new_tokens >= 1, "generate.max_new_tokens must be >= 1")
         _require(self.temperature >= 0, "generate.temperature must be >= 0")
         _require(0 < self.top_p <= 1, "generate.top_p must be in (0, 1]")

@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: none; needed only for a .pth)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="weights dtype (default: float32)")
+    add_quantize_argument(parser)
+
+
+def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
+    """`--quantize` of `generate` and `serve`: the run config's `generate.quantize`."""
+    parser.add_argument("--quantize", default="none", choices=("none", "int8"),
+                        help=_doc("quantize"))
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from sftkit.checkpoints import load_pretrained
     from sftkit.config import GenerateConfig
     from sftkit.errors import SftkitError
-    from sftkit.generation import generation_settings
+    from sftkit.generation import for_decoding, generation_settings
 
     if args.data and not args.out:
         raise SftkitError("--data needs --out (where to write the responses)")
@@ -77,10 +84,11 @@ def run(args: argparse.Namespace) -> int:
         raise SftkitError("--style none works with --prompt only")
     # Validates the numbers with the same messages as a run config.
     GenerateConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, batch_size=args.batch_size)
+                   top_k=args.top_k, top_p=args.top_p, batch_size=args.batch_size,
+                   quantize=args.quantize)
     raw = args.style == RAW_STYLE
-    loaded = load_pretrained(args.model, dtype=args.dtype, config=args.config,
-                             style=None if raw else args.style)
+    loaded = for_decoding(load_pretrained(args.model, dtype=args.dtype, config=args.config,
+                                          style=None if raw else args.style), args.quantize)
     style = None if raw else loaded.style
     config = generation_settings(loaded, raw=raw, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_k=args.top_k,

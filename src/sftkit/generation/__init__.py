@@ -13,10 +13,10 @@ from sftkit.generation.constraints import Constraint
 from sftkit.generation.engine import generate, stream, stream_batch
 from sftkit.generation.responses import generate_responses
 from sftkit.generation.sampling import sample_next
-from sftkit.generation.settings import generation_settings
+from sftkit.generation.settings import for_decoding, generation_settings
 from sftkit.generation.stops import StopStrings
 from sftkit.generation.streamer import TextStreamer
 
 __all__ = ["Constraint", "ContinuousBatcher", "Event", "GenerationConfig", "StopStrings",
-           "TextStreamer", "generate", "generate_responses", "generation_settings", "sample_next",
-           "stream", "stream_batch"]
+           "TextStreamer", "for_decoding", "generate", "generate_responses", "generation_settings",
+           "sample_next", "stream", "stream_batch"]

@@ -17,15 +17,19 @@ Example:
     (8, (50256,), True)
     >>> generation_settings(loaded, raw=True, stop=("\\n\\n",)).stop_strings
     ('\\n\\n',)
+    >>> for_decoding(loaded, "none") is loaded, type(for_decoding(loaded, "int8").model.lm_head)
+    (True, <class 'sftkit.generation.quantize.Int8Linear'>)
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 from sftkit.checkpoints import LoadedModel
 from sftkit.generation.config import GenerationConfig
+from sftkit.generation.quantize import quantized_for_decoding
 
 
 def generation_settings(loaded: LoadedModel, *, raw: bool = False, stop: Sequence[str] = (),
@@ -37,3 +41,14 @@ def generation_settings(loaded: LoadedModel, *, raw: bool = False, stop: Sequenc
     return GenerationConfig(stop_ids=(loaded.tokenizer.eos_id,),
                             stop_strings=tuple(dict.fromkeys((*style_stops, *stop))),
                             **options)
+
+
+def for_decoding(loaded: LoadedModel, quantize: str) -> LoadedModel:
+    """`loaded` itself for quantize "none"; for "int8", the same model with int8 linear layers
+    (`sftkit.generation.quantize`) to generate with, tokenizer and style unchanged."""
+    model = quantized_for_decoding(loaded.model, quantize)
+    if model is loaded.model:
+        return loaded
+    quantized = copy.copy(loaded)  # not dataclasses.replace: it would reset a chosen style
+    quantized.model = model
+    return quantized

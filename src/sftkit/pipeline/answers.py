@@ -31,10 +31,10 @@ def _respond(context: RunContext, *, baseline: bool) -> None:
     """Answer the test split (the book's responses format) into the run directory."""
     from tqdm.auto import tqdm
 
-    from sftkit.generation import generate_responses
+    from sftkit.generation import for_decoding, generate_responses
 
     label = "baseline" if baseline else "generate"
-    loaded = context.model()
+    loaded = for_decoding(context.model(), context.config.generate.quantize)
     test = context.run.read_split("test")
     started = time.perf_counter()
     with tqdm(total=len(test), desc=f"[{label}] generating", unit="answer",
