@@ -111,3 +111,20 @@ def test_an_unknown_style_or_device_is_refused_before_loading(loads, capsys):
     assert main(["serve", "--device", "tpu9", "--port", "0"]) == 2
     assert "unknown device 'tpu9'" in capsys.readouterr().err
     assert loads == []
+
+
+def test_quantize_int8_serves_int8_layers(tmp_path, monkeypatch):
+    """`serve --quantize int8` hands the engine the int8 decoding copy of the model."""
+    import sftkit.serve
+    from sftkit.checkpoints.native import save_native
+    from sftkit.generation.quantize import Int8Linear
+    from sftkit.models import ModelConfig, build_model
+    from sftkit.tokenizers import gpt2_tokenizer
+
+    config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4)
+    model_dir = save_native(build_model(config), gpt2_tokenizer(), tmp_path / "tiny")
+    served = []
+    monkeypatch.setattr(sftkit.serve, "serve", lambda engine, **_: served.append(engine))
+    assert main(["serve", "--model", str(model_dir), "--port", "0", "--quantize", "int8"]) == 0
+    layers = [type(module) for module in served[0].loaded.model.modules()]
+    assert Int8Linear in layers

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sftkit.commands.generate import add_quantize_argument
+
 if TYPE_CHECKING:
     from sftkit.serve import Engine
 
@@ -41,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slots", type=int, default=16,
                         help="the most requests generated together (continuous batching: a "
                              "new request joins at the next token; more wait) (default: 16)")
+    add_quantize_argument(parser)
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"),
                         help="the server's log level")
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from sftkit.data.templates import check_style_name
     from sftkit.device import pick_device
     from sftkit.errors import SftkitError
+    from sftkit.generation import for_decoding
     from sftkit.serve import Engine, Limits, listen, serve
 
     # Every mistake in the arguments is found before the model's (long) load.
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         loaded = load_pretrained(source)
         loaded.model.to(device)
+        loaded = for_decoding(loaded, args.quantize)
         name = args.name or default_name(source)
         engine = Engine(loaded, name=name, style=args.style,
                         limits=Limits(max_new_tokens=args.max_new_tokens, slots=args.slots),
