@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkit.peft.fused import lora_linear
+from sftkit.peft.quantized import QuantizedLinear
 
 
 @dataclass(frozen=True)
@@ -128,15 +129,25 @@ class LoRALinear(nn.Module):
         return F.linear(F.linear(dropped.to(self.lora_A.dtype), self.lora_A),
                         self.lora_B) * self.scaling
 
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Whether `sftkit.peft.fused` computes this call: a frozen base, no autocast, and
+        x, the adapter and a dense base's weight of one dtype (a quantized base decodes to
+        x's)."""
+        base = self.base
+        if torch.is_autocast_enabled(x.device.type) or x.dtype != self.lora_A.dtype:
+            return False
+        if isinstance(base, QuantizedLinear):
+            return True
+        return (isinstance(base, nn.Linear) and not base.weight.requires_grad
+                and x.dtype == base.weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base
-        if (isinstance(base, nn.Linear) and not base.weight.requires_grad
-                and x.dtype == base.weight.dtype == self.lora_A.dtype
-                and not torch.is_autocast_enabled(x.device.type)):
+        if self._fusable(x):
             # The same sum as one autograd step, without extra passes over the activations
-            # (`sftkit.peft.fused`).
-            return lora_linear(x, self.dropout(x), base.weight, base.bias, self.lora_A,
-                               self.lora_B, self.scaling)
+            # and keeping x and a one-byte dropout mask for backward (`sftkit.peft.fused`).
+            dropout = self.spec.dropout if self.training else 0.0
+            return lora_linear(x, base, self.lora_A, self.lora_B, self.scaling, dropout)
         result = base(x)
         return result + self.lora_path(x).to(result.dtype)
 
