@@ -45,6 +45,7 @@ from sftkit.data.collate import Batch
 from sftkit.data.packing import PackedBatch
 from sftkit.device import autocast
 from sftkit.models.base import DecoderModel
+from sftkit.training.allocator import keep_large_blocks_mapped
 from sftkit.training.loss import examples_in, packed_layout, supervised_loss_sum
 from sftkit.training.optim import BackwardStepAdamW, OptimizerLike, make_optimizer
 
@@ -194,7 +195,11 @@ def _in_backward_obstacle(config: TrainConfig, device: torch.device, precision: 
 
 def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
               precision: str) -> TrainingStep:
-    """The strategy for `config`: in-backward where it is exact and asked for, else plain."""
+    """The strategy for `config`: in-backward where it is exact and asked for, else plain.
+    On the CPU, glibc's malloc is told to return freed activations to the system
+    (`sftkit.training.allocator`)."""
+    if device.type == "cpu":
+        keep_large_blocks_mapped()
     reason = _in_backward_obstacle(config, device, precision)
     in_backward = config.step_in_backward and reason is None
     if config.step_in_backward and reason is not None:
