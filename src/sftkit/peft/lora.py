@@ -129,26 +129,27 @@ class LoRALinear(nn.Module):
         return F.linear(F.linear(dropped.to(self.lora_A.dtype), self.lora_A),
                         self.lora_B) * self.scaling
 
-    def _fusable(self, x: torch.Tensor) -> bool:
-        """Whether `sftkit.peft.fused` computes this call: a frozen base, no autocast, and
-        x, the adapter and a dense base's weight of one dtype (a quantized base decodes to
-        x's)."""
+    def _fused_base(self, x: torch.Tensor) -> nn.Linear | QuantizedLinear | None:
+        """The base, when `sftkit.peft.fused` can compute this call: a frozen base, no
+        autocast, and x, the adapter and a dense base's weight of one dtype (a quantized base
+        decodes to x's)."""
         base = self.base
         if torch.is_autocast_enabled(x.device.type) or x.dtype != self.lora_A.dtype:
-            return False
-        if isinstance(base, QuantizedLinear):
-            return True
-        return (isinstance(base, nn.Linear) and not base.weight.requires_grad
-                and x.dtype == base.weight.dtype)
+            return None
+        if isinstance(base, QuantizedLinear) or (
+                isinstance(base, nn.Linear) and not base.weight.requires_grad
+                and x.dtype == base.weight.dtype):
+            return base
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = self.base
-        if self._fusable(x):
+        fused_base = self._fused_base(x)
+        if fused_base is not None:
             # The same sum as one autograd step, without extra passes over the activations
             # and keeping x and a one-byte dropout mask for backward (`sftkit.peft.fused`).
             dropout = self.spec.dropout if self.training else 0.0
-            return lora_linear(x, base, self.lora_A, self.lora_B, self.scaling, dropout)
-        result = base(x)
+            return lora_linear(x, fused_base, self.lora_A, self.lora_B, self.scaling, dropout)
+        result = self.base(x)
         return result + self.lora_path(x).to(result.dtype)
 
     def extra_repr(self) -> str:
