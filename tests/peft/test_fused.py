@@ -1,6 +1,8 @@
 """The fused LoRA step (`sftkit.peft.fused`): the same outputs and gradients as autograd's
 ops, and only x plus a one-byte dropout mask kept for backward."""
 
+import copy
+
 import pytest
 import torch
 
@@ -67,3 +69,32 @@ def test_eval_mode_draws_no_dropout_mask():
     out = layer(x)
     assert torch.equal(torch.get_rng_state(), state)
     torch.testing.assert_close(out, layer.base(x) + layer.lora_path(x))
+
+
+def test_adapters_step_after_backward_with_the_in_backward_result():
+    from sftkit.config import TrainConfig
+    from sftkit.data.collate import Batch
+    from sftkit.models import ModelConfig, build_model
+    from sftkit.peft import apply_lora
+    from sftkit.training.optim import BackwardStepAdamW
+    from sftkit.training.steps import InBackwardStep, PlainStep, make_step
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name("gpt2", n_layers=2, emb_dim=64, n_heads=4,
+                                              vocab_size=50))
+    apply_lora(model, LoraSpec(r=2, alpha=4), ["all-linear"])
+    for name, parameter in model.named_parameters():
+        if name.endswith("lora_B"):
+            torch.nn.init.normal_(parameter)
+    twin = copy.deepcopy(model)
+    step = make_step(model, TrainConfig(), torch.device("cpu"), "fp32")
+    assert isinstance(step, PlainStep)
+    trainable = [p for p in twin.parameters() if p.requires_grad]
+    in_backward = InBackwardStep(twin, BackwardStepAdamW(trainable, lr=1e-3, weight_decay=0.1,
+                                                         fused=True, attach=False),
+                                 torch.device("cpu"), "fp32")
+    batch = Batch(torch.tensor([[1, 2, 3, 4]]), torch.tensor([[2, 3, 4, -100]]))
+    for strategy in (step, in_backward):
+        strategy([batch], lr=1e-3)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
