@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkit.peft.fused import lora_linear
+from sftkit.peft.quantized import QuantizedLinear
 
 
 @dataclass(frozen=True)
@@ -128,16 +129,27 @@ class LoRALinear(nn.Module):
         return F.linear(F.linear(dropped.to(self.lora_A.dtype), self.lora_A),
                         self.lora_B) * self.scaling
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _fused_base(self, x: torch.Tensor) -> nn.Linear | QuantizedLinear | None:
+        """The base, when `sftkit.peft.fused` can compute this call: a frozen base, no
+        autocast, and x, the adapter and a dense base's weight of one dtype (a quantized base
+        decodes to x's)."""
         base = self.base
-        if (isinstance(base, nn.Linear) and not base.weight.requires_grad
-                and x.dtype == base.weight.dtype == self.lora_A.dtype
-                and not torch.is_autocast_enabled(x.device.type)):
+        if torch.is_autocast_enabled(x.device.type) or x.dtype != self.lora_A.dtype:
+            return None
+        if isinstance(base, QuantizedLinear) or (
+                isinstance(base, nn.Linear) and not base.weight.requires_grad
+                and x.dtype == base.weight.dtype):
+            return base
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused_base = self._fused_base(x)
+        if fused_base is not None:
             # The same sum as one autograd step, without extra passes over the activations
-            # (`sftkit.peft.fused`).
-            return lora_linear(x, self.dropout(x), base.weight, base.bias, self.lora_A,
-                               self.lora_B, self.scaling)
-        result = base(x)
+            # and keeping x and a one-byte dropout mask for backward (`sftkit.peft.fused`).
+            dropout = self.spec.dropout if self.training else 0.0
+            return lora_linear(x, fused_base, self.lora_A, self.lora_B, self.scaling, dropout)
+        result = self.base(x)
         return result + self.lora_path(x).to(result.dtype)
 
     def extra_repr(self) -> str:

@@ -136,19 +136,13 @@ class _DequantizedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
         ctx.layer = layer
-        flat = x.reshape(-1, layer.in_features)
-        out = flat.new_empty(flat.shape[0], layer.out_features)
-        for rows, weight in layer.row_slices(x.dtype):
-            out[:, rows] = flat @ weight.t()
+        out = layer.matmul(x.reshape(-1, layer.in_features), with_bias=False)
         return out.view(*x.shape[:-1], layer.out_features)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
         layer: QuantizedLinear = ctx.layer
-        flat = grad_output.reshape(-1, layer.out_features)
-        grad_input = flat.new_zeros(flat.shape[0], layer.in_features)
-        for rows, weight in layer.row_slices(grad_output.dtype):
-            grad_input.addmm_(flat[:, rows], weight)
+        grad_input = layer.input_grad(grad_output.reshape(-1, layer.out_features))
         return grad_input.view(*grad_output.shape[:-1], layer.in_features), None
 
 
@@ -213,6 +207,25 @@ class QuantizedLinear(nn.Module):
             decoded = buffer[: (rows.stop - start) * padded].view(-1, padded)
             self._decode(buffers, rows, dtype, decoded)
             yield rows, decoded[:, : self.in_features]
+
+    @torch.no_grad()
+    def matmul(self, flat: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        """`flat @ W.T (+ bias)` for `flat` (tokens, in_features), in flat's dtype, W decoded
+        slice by slice (no autograd: `forward` and `sftkit.peft.fused` give the backward)."""
+        out = flat.new_empty(flat.shape[0], self.out_features)
+        for rows, weight in self.row_slices(flat.dtype):
+            out[:, rows] = flat @ weight.t()
+        if with_bias and self.bias is not None:
+            out += self.bias.to(out.dtype)
+        return out
+
+    @torch.no_grad()
+    def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """`grad @ W` for `grad` (tokens, out_features): the input's gradient."""
+        grad_input = grad.new_zeros(grad.shape[0], self.in_features)
+        for rows, weight in self.row_slices(grad.dtype):
+            grad_input.addmm_(grad[:, rows], weight)
+        return grad_input
 
     @torch.no_grad()
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -45,6 +45,7 @@ from sftkit.data.collate import Batch
 from sftkit.data.packing import PackedBatch
 from sftkit.device import autocast
 from sftkit.models.base import DecoderModel
+from sftkit.training.allocator import keep_large_blocks_mapped
 from sftkit.training.loss import examples_in, packed_layout, supervised_loss_sum
 from sftkit.training.optim import BackwardStepAdamW, OptimizerLike, make_optimizer
 
@@ -192,11 +193,30 @@ def _in_backward_obstacle(config: TrainConfig, device: torch.device, precision: 
     return None
 
 
+#: Below this share of trainable parameters (adapters), AdamW steps after backward.
+FEW_TRAINABLE = 0.05
+
+
+def _few_trainable(model: DecoderModel) -> bool:
+    """Whether only a few parameters train (LoRA, DoRA). Their gradients are small, so
+    stepping in backward saves no memory worth having, and one multi-tensor AdamW step
+    costs less than a step per parameter, each a parallel region of its own (a millisecond
+    or more each, for adapters of a few thousand values, on a busy 2-core machine)."""
+    parameters = list(model.parameters())
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    return trainable < FEW_TRAINABLE * sum(p.numel() for p in parameters)
+
+
 def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
               precision: str) -> TrainingStep:
-    """The strategy for `config`: in-backward where it is exact and asked for, else plain."""
+    """The strategy for `config`: in-backward where it is exact, asked for, and most of the
+    model trains (not for adapters: `_few_trainable`), else plain.
+    On the CPU, glibc's malloc is told to return freed activations to the system
+    (`sftkit.training.allocator`)."""
+    if device.type == "cpu":
+        keep_large_blocks_mapped()
     reason = _in_backward_obstacle(config, device, precision)
-    in_backward = config.step_in_backward and reason is None
+    in_backward = config.step_in_backward and reason is None and not _few_trainable(model)
     if config.step_in_backward and reason is not None:
         logger.info("train.step_in_backward is on, but %s: AdamW steps after backward", reason)
     optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
