@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import median
@@ -394,3 +396,15 @@ class Report:
 
 def _verdict(met: bool, shortfall: str) -> str:
     return "met" if met else f"**missed** ({shortfall})" if shortfall else "**missed**"
+
+
+def replace_section(results_md: Path, section: str, heading: str) -> None:
+    """Put `section` in RESULTS.md in place of the section whose heading starts with `heading`
+    (e.g. "## Structured output"), or at the end."""
+    text = results_md.read_text(encoding="utf-8") if results_md.is_file() else ""
+    pattern = re.compile(rf"^{re.escape(heading)}\b.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    results_md.write_text(text, encoding="utf-8")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_info, load_average  # noqa: E402
+from benchmarks.report import replace_section  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LONG_PROMPT = ("Write a very long, detailed story about a dragon who learns to cook, in many "
@@ -168,17 +168,6 @@ def markdown(model: str, results: dict[str, dict[str, Any]], clients: int, round
     return "\n".join(lines) + "\n"
 
 
-def replace_section(results_md: Path, section: str) -> None:
-    """Put `section` in RESULTS.md in place of its previous version (or at the end)."""
-    text = results_md.read_text(encoding="utf-8") if results_md.is_file() else ""
-    pattern = re.compile(r"^## Serve under load.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results_md.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -201,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                        (before, load_average()))
     print(section)
     if not args.no_write:
-        replace_section(args.out, section)
+        replace_section(args.out, section, "## Serve under load")
     return 0
 
 

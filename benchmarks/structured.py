@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_info, load_average  # noqa: E402
+from benchmarks.report import replace_section  # noqa: E402
 
 SCORE = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 0,
                                                     "maximum": 100}}, "required": ["score"]}
@@ -289,17 +289,6 @@ def run(rounds: int) -> str:
     return markdown(results, probe.median_us(), (load_before, load_average()), rounds)
 
 
-def replace_section(results_md: Path, section: str) -> None:
-    """Put `section` in RESULTS.md in place of its previous version (or at the end)."""
-    text = results_md.read_text(encoding="utf-8") if results_md.is_file() else ""
-    pattern = re.compile(r"^## Structured output\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results_md.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -308,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     section = run(1 if args.quick else args.rounds)
     print(section)
-    replace_section(Path(args.out), section)
+    replace_section(Path(args.out), section, "## Structured output")
     return 0
 
 
