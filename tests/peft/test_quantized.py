@@ -223,3 +223,16 @@ def test_dequantize_model_leaves_plain_linears_with_the_decoded_weights():
     assert torch.equal(model.blocks[0].mlp.fc.weight, decoded)
     torch.testing.assert_close(model(idx), before, atol=1e-5, rtol=1e-5)
     assert all(".codes" not in name for name in model.state_dict())
+
+
+@pytest.mark.parametrize("base_dtype", ["bf16", "int8", "nf4"])
+def test_a_quantized_model_counts_the_parameters_it_stands_for(base_dtype):
+    """The run's log ("N parameters", "trainable of N") counts a quantized base's weights."""
+    from sftkit.models import ModelConfig, build_model
+    from sftkit.peft.quantized import quantize_model
+
+    model = build_model(ModelConfig.from_name("gpt2", n_layers=2, emb_dim=64, n_heads=4,
+                                              vocab_size=64))
+    before = model.num_parameters()
+    quantize_model(model, base_dtype)
+    assert model.num_parameters() == before == model.config.num_parameters()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import NamedTuple, Protocol, cast
+from typing import NamedTuple, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
@@ -53,6 +53,15 @@ class HoldsKVCache(Protocol):
     """Each family's attention: it attends over `kv_cache` when one is set."""
 
     kv_cache: LayerKVCache | None
+
+
+@runtime_checkable
+class PackedWeights(Protocol):
+    """A frozen layer that keeps its weights in buffers in another form (a quantized base,
+    `sftkit.peft.quantized`): it says how many values they stand for."""
+
+    def packed_values(self) -> int:
+        ...
 
 
 class DecoderModel(nn.Module):
@@ -171,8 +180,11 @@ class DecoderModel(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
 
     def num_parameters(self) -> int:
-        """Unique parameters (a tied head counts once)."""
-        return sum(p.numel() for p in self.parameters())
+        """Unique parameters (a tied head counts once); a quantized frozen layer counts the
+        values its weight and bias stand for."""
+        packed = sum(module.packed_values() for module in self.modules()
+                     if isinstance(module, PackedWeights))
+        return packed + sum(p.numel() for p in self.parameters())
 
     def make_kv_cache(self, batch_size: int, max_len: int | None = None,
                       device: torch.device | str | None = None,

@@ -228,6 +228,12 @@ class QuantizedLinear(nn.Module):
         return grad_input
 
     @torch.no_grad()
+    def packed_values(self) -> int:
+        """The values the weight and bias stand for (`DecoderModel.num_parameters` counts
+        them)."""
+        return self.in_features * self.out_features + (0 if self.bias is None
+                                                       else self.bias.numel())
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The whole weight (out_features, in_features) in `dtype` (for merging and tests)."""
         device = next(iter(self._buffers_by_name().values())).device

@@ -77,9 +77,8 @@ class TrainableSummary:
     @classmethod
     def of(cls, model: DecoderModel, method: str, rank: int, adapted: list[str]
            ) -> TrainableSummary:
-        parameters = list(model.parameters())  # shared (tied) tensors once
-        trainable = sum(p.numel() for p in parameters if p.requires_grad)
-        return cls(method, rank, len(adapted), trainable, sum(p.numel() for p in parameters))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return cls(method, rank, len(adapted), trainable, model.num_parameters())
 
     def describe(self) -> str:
         share = f"{self.trainable:,} trainable parameters of {self.total:,} " \
