@@ -37,7 +37,7 @@ import torch
 from sftkit.errors import SftkitError
 from sftkit.generation.config import GenerationConfig
 from sftkit.generation.constraints import Constraint
-from sftkit.generation.sampling import RowSampling, sample_row
+from sftkit.generation.sampling import REPEAT_WINDOW, RowSampling, sample_row
 from sftkit.generation.stops import Decode, StopStrings, TokenCheck
 from sftkit.models import Model
 
@@ -71,6 +71,13 @@ class _Row:
     def length(self) -> int:
         """Tokens in its cache row once its last token is decoded."""
         return len(self.prompt) + len(self.tokens)
+
+    def recent(self) -> list[int]:
+        """Its last `REPEAT_WINDOW` tokens, prompt included (what a repeat penalty looks at),
+        without copying the whole sequence at every step."""
+        tail = self.tokens[-REPEAT_WINDOW:]
+        missing = REPEAT_WINDOW - len(tail)
+        return (self.prompt[-missing:] if missing else []) + tail
 
 
 class ContinuousBatcher:
@@ -209,7 +216,7 @@ class ContinuousBatcher:
         for slot, row in enumerate(self._rows):
             token = tokens[slot]
             if not row.sampling.plain_greedy:
-                token = sample_row(logits[slot], row.sampling, row.prompt + row.tokens)
+                token = sample_row(logits[slot], row.sampling, row.recent())
             done = self._take(row, token)
             events.append(Event(row.request, None if token in row.stop_ids else token, done))
             if done:
