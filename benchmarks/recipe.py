@@ -57,7 +57,7 @@ from sftkit.device import autocast, pick_device, pick_precision  # noqa: E402
 from sftkit.evaluation.metrics import score_responses  # noqa: E402
 from sftkit.generation import generate_responses, generation_settings  # noqa: E402
 from sftkit.models.base import DecoderModel  # noqa: E402
-from sftkit.peft import LoraSpec, adapter_layers, apply_lora, merge_adapters  # noqa: E402
+from sftkit.peft import LoraSpec, adapter_layers, apply_lora, layer_indices, merge_adapters  # noqa: E402
 from sftkit.training.loop import Trainer  # noqa: E402
 from sftkit.training.loss import mean_loss  # noqa: E402
 
@@ -87,6 +87,9 @@ class Candidate:
     dropout: float = 0.05
     targets: str = "all-linear"
     """LoRA targets, `+`-separated (commas separate the candidate's keys)."""
+    layers: str = ""
+    """`lora.layers`: the blocks with adapters ("" = all, `last:N`, `a-b` ranges joined by
+    `+`)."""
 
     @classmethod
     def parse(cls, text: str) -> Candidate:
@@ -110,6 +113,8 @@ class Candidate:
                 f"{f' w{self.warmup}' if self.warmup else ''} {loss} {self.style or 'chatml'}")
         if self.method != "full":
             text += f" r{self.r} {self.targets}"
+            if self.layers:
+                text += f" layers {self.layers}"
         return text
 
     def train_config(self, precision: str) -> TrainConfig:
@@ -124,7 +129,8 @@ class Candidate:
             return []
         spec = LoraSpec(r=self.r, alpha=self.alpha, dropout=self.dropout,
                         dora=self.method == "dora")
-        return apply_lora(model, spec, self.targets.split("+"))
+        layers = layer_indices(self.layers.replace("+", ","), model.config.n_layers)
+        return apply_lora(model, spec, self.targets.split("+"), layers=layers)
 
 
 def book_splits(source: str) -> Splits:
@@ -142,9 +148,12 @@ def flop_counts(model: DecoderModel, method: str) -> dict[str, int]:
                  if isinstance(module, torch.nn.Linear)) - head
     adapters = sum(6 * layer.spec.r * (layer.in_features + layer.out_features)
                    for layer in adapter_layers(model).values())
+    n_layers = model.config.n_layers
+    lowest = min((index for index, block in enumerate(model.blocks)
+                  if any(p.requires_grad for p in block.parameters())), default=n_layers)
     return {"blocks": blocks, "head": head, "adapters": adapters,
-            "weight_grads": int(method == "full"), "layers": model.config.n_layers,
-            "dim": model.config.emb_dim}
+            "weight_grads": int(method == "full"), "layers": n_layers,
+            "dim": model.config.emb_dim, "backward_layers": n_layers - lowest}
 
 
 def epoch_workload(dataset: InstructionDataset, config: TrainConfig, max_length: int
@@ -166,12 +175,17 @@ def epoch_workload(dataset: InstructionDataset, config: TrainConfig, max_length:
 
 def training_flops(counts: dict[str, int], work: dict[str, int], epochs: int) -> float:
     """The blocks' matmuls at every position and the head (`sftkit.training.loss`) at the
-    supervised ones: 6·N with weight gradients (full), else 4·N plus the adapters' 6·r·(in+out)
-    each; attention 12·layers·dim·Σ length² (PaLM's count, causal mask not halved)."""
-    factor = 6 if counts["weight_grads"] else 4
+    supervised ones: 6·N with weight gradients (full), else 2·N forward plus 2·N of input
+    gradients through the blocks from the lowest adapted one up (backward stops below it), plus
+    the adapters' 6·r·(in+out) each; attention 12·layers·dim·Σ length² (PaLM's count, causal
+    mask not halved), its backward share likewise."""
+    share = counts.get("backward_layers", counts["layers"]) / counts["layers"]
+    factor = 6 if counts["weight_grads"] else 2 + 2 * share
+    head_factor = 6 if counts["weight_grads"] else 4
+    attention = 12 * counts["layers"] * counts["dim"] * work["sum_sq"] * (1 + 2 * share) / 3
     per_epoch = (factor * counts["blocks"] * work["positions"] + counts["adapters"]
-                 * work["positions"] + factor * counts["head"] * work["supervised"]
-                 + 12 * counts["layers"] * counts["dim"] * work["sum_sq"])
+                 * work["positions"] + head_factor * counts["head"] * work["supervised"]
+                 + attention)
     return epochs * per_epoch
 
 

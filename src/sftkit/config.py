@@ -180,6 +180,9 @@ class LoraConfig:
     """Comma-separated projections to adapt, by sftkit's names: `q_proj`, `k_proj`, `v_proj`,
     `out_proj`, GPT-2's `fc`/`proj`, Llama's `gate_proj`/`up_proj`/`down_proj`, `lm_head`;
     `all-linear` = every projection of the blocks."""
+    layers: str = ""
+    """The blocks that get adapters: "" = all; `last:N` = the top N (a cheaper step: backward
+    stops at the lowest adapted block); or indices and ranges, e.g. `0-3,8`."""
     rslora: bool = False
     """Scale by alpha / sqrt(r) (rank-stabilised LoRA)."""
     train_modules: str = ""

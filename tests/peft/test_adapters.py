@@ -11,6 +11,7 @@ from sftkit.peft import (
     LoraSpec,
     adapter_layers,
     apply_lora,
+    layer_indices,
     merge_adapters,
     trainable_names,
 )
@@ -87,3 +88,24 @@ def test_unknown_targets_and_groups_are_refused():
         apply_lora(model, LoraSpec(), ["up_proj"])
     with pytest.raises(ValueError, match="cannot train 'heads'"):
         apply_lora(model, LoraSpec(), ["q_proj"], train_modules=["heads"])
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_adapters_on_the_top_blocks_only_stop_backward_below_them(name):
+    model = tiny(name)
+    wrapped = apply_lora(model, LoraSpec(r=2), ["all-linear"],
+                         layers=layer_indices("last:1", model.config.n_layers))
+    assert wrapped and all(module.startswith("blocks.1.") for module in wrapped)
+    needs_grad = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, _i, out: needs_grad.append(
+            (out[0] if isinstance(out, tuple) else out).requires_grad))
+    model(torch.tensor([[1, 2, 3, 4]])).sum().backward()
+    assert needs_grad == [False, True]  # block 0 is never in the backward graph
+
+
+def test_layer_choices_are_checked_against_the_model():
+    with pytest.raises(ValueError, match="not `last:N`"):
+        layer_indices("top 3", 4)
+    with pytest.raises(ValueError, match="last:5 needs 1 to 4 blocks"):
+        layer_indices("last:5", 4)

@@ -121,3 +121,16 @@ def test_norms_trained_beside_the_adapters_travel_as_modules_to_save(tmp_path):
     fresh, _ = base_pair("gpt2", tmp_path / "base-again")
     load_adapter(fresh, tmp_path / "adapter")
     assert_same_logits(fresh, wrapped, "gpt2 with trained norms, peft -> ours")
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_adapters_on_some_blocks_travel_as_layers_to_transform(tmp_path, name):
+    ours, hf = base_pair(name, tmp_path / "base")
+    spec = LoraSpec(r=4, alpha=6)
+    apply_lora(ours, spec, ["all-linear"], layers=[1])
+    perturb_ours(ours)
+    save_adapter(ours, tmp_path / "adapter", base_model=str(tmp_path / "base"), spec=spec,
+                 targets=["all-linear"])
+    wrapped = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    assert not any(".0." in name and "lora_A" in name for name, _ in wrapped.named_parameters())
+    assert_same_logits(ours, wrapped, f"{name} block 1 only, ours -> peft")

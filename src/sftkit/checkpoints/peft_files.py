@@ -148,6 +148,7 @@ def save_adapter(model: Model, directory: str | Path, *, base_model: str, spec: 
         tensors[PREFIX + name] = tensor.detach().contiguous()
     document = _config(spec, base_model, family, targets, ranks, alphas,
                        modules_to_save=_module_patterns(model, train_modules))
+    document["layers_to_transform"] = _adapted_blocks(model)
     with atomic_directory(directory) as staging:
         save_file(tensors, staging / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         (staging / ADAPTER_CONFIG).write_text(json.dumps(document, indent=2) + "\n",
@@ -155,6 +156,19 @@ def save_adapter(model: Model, directory: str | Path, *, base_model: str, spec: 
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
     return Path(directory)
+
+
+def _adapted_blocks(model: Model) -> list[int] | None:
+    """PEFT's `layers_to_transform`: the adapted blocks when not all are (`lora.layers`)."""
+    blocks = {int(name.split(".")[1]) for name in adapter_layers(model)
+              if name.startswith("blocks.")}
+    if len(blocks) == model.config.n_layers:
+        return None
+    if any(not name.startswith("blocks.") for name in adapter_layers(model)):
+        raise SftkitError("an adapter on the head beside adapters on only some blocks cannot "
+                          "be written in PEFT's format (layers_to_transform would skip the "
+                          "head): adapt every block, or not the head")
+    return sorted(blocks)
 
 
 def _hf_groups(model: Model) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ from sftkit.peft.adapters import (
     BLOCK_PROJECTIONS,
     adapter_layers,
     apply_lora,
+    layer_indices,
     merge_adapters,
     target_names,
     trainable_names,
@@ -19,5 +20,5 @@ from sftkit.peft.dora import DoRALinear
 from sftkit.peft.lora import LoRALinear, LoraSpec, frozen_weight
 
 __all__ = ["ALL_LINEAR", "BLOCK_PROJECTIONS", "DoRALinear", "LoRALinear", "LoraSpec",
-           "adapter_layers", "apply_lora", "frozen_weight", "merge_adapters", "target_names",
-           "trainable_names", "trainable_state_dict"]
+           "adapter_layers", "apply_lora", "frozen_weight", "layer_indices", "merge_adapters",
+           "target_names", "trainable_names", "trainable_state_dict"]

@@ -66,16 +66,55 @@ def target_names(family: str, targets: Iterable[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def layer_indices(text: str, n_layers: int) -> tuple[int, ...]:
+    """The blocks `text` names: "" = all of them; `last:N` = the top N; else indices and
+    ranges such as `0-3,8`. Adapting only the top blocks makes a step cheaper: backward stops
+    at the lowest adapted block (nothing below it needs a gradient).
+
+    >>> layer_indices("last:3", 30), layer_indices("0-2,7", 8), len(layer_indices("", 4))
+    ((27, 28, 29), (0, 1, 2, 7), 4)
+    >>> layer_indices("2-9", 8)
+    Traceback (most recent call last):
+    ...
+    ValueError: layer 8 is out of range: the model has blocks 0-7
+    """
+    text = text.strip()
+    if not text:
+        return tuple(range(n_layers))
+    if text.startswith("last:") and text.removeprefix("last:").isdigit():
+        count = int(text.removeprefix("last:"))
+        if not 1 <= count <= n_layers:
+            raise ValueError(f"last:{count} needs 1 to {n_layers} blocks")
+        return tuple(range(n_layers - count, n_layers))
+    chosen: set[int] = set()
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        first, _, last = part.partition("-")
+        if not (first.isdigit() and (last or first).isdigit()):
+            raise ValueError(f"{text!r} is not `last:N` or indices and ranges like `0-3,8`")
+        chosen.update(range(int(first), int(last or first) + 1))
+    outside = sorted(index for index in chosen if index >= n_layers)
+    if outside:
+        raise ValueError(f"layer {outside[0]} is out of range: the model has blocks "
+                         f"0-{n_layers - 1}")
+    return tuple(sorted(chosen))
+
+
 def apply_lora(model: DecoderModel, spec: LoraSpec, targets: Sequence[str],
-               train_modules: Sequence[str] = ()) -> list[str]:
+               train_modules: Sequence[str] = (), layers: Sequence[int] | None = None
+               ) -> list[str]:
     """Freeze `model` and wrap each targeted linear in a `LoRALinear` (a `DoRALinear` with
-    `spec.dora`); `train_modules` ("norms", "embeddings") keep training fully. Returns the
-    wrapped modules' names. A layer already wrapped, or quantized, is wrapped as it is."""
+    `spec.dora`), in the blocks `layers` lists (default: all; the head is not in a block);
+    `train_modules` ("norms", "embeddings") keep training fully. Returns the wrapped modules'
+    names. A layer already wrapped, or quantized, is wrapped as it is."""
     names = target_names(model.config.family, targets)
     model.requires_grad_(False)
     layer_class = DoRALinear if spec.dora else LoRALinear
+    skipped = () if layers is None else tuple(
+        f"blocks.{index}." for index in range(model.config.n_layers) if index not in layers)
     wrapped = []
     for module_name, module in list(model.named_modules()):
+        if f"{module_name}.".startswith(skipped):
+            continue
         for child_name, child in list(module.named_children()):
             if child_name in names and not isinstance(child, LoRALinear):
                 setattr(module, child_name, layer_class(child, spec))

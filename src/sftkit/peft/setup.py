@@ -26,7 +26,7 @@ import torch
 from sftkit.config import LoraConfig, TrainConfig
 from sftkit.errors import SftkitError
 from sftkit.models.base import DecoderModel
-from sftkit.peft.adapters import TRAINABLE_GROUPS, apply_lora, target_names
+from sftkit.peft.adapters import TRAINABLE_GROUPS, apply_lora, layer_indices, target_names
 from sftkit.peft.lora import LoraSpec
 
 
@@ -51,13 +51,18 @@ def adapt_for_training(model: DecoderModel, train: TrainConfig, lora: LoraConfig
         target_names(model.config.family, lora.target_list)
     except ValueError as error:
         raise SftkitError(f"lora.targets: {error}") from None
+    try:
+        layers = layer_indices(lora.layers, model.config.n_layers)
+    except ValueError as error:
+        raise SftkitError(f"lora.layers: {error}") from None
     unknown = [name for name in lora.module_list if name not in TRAINABLE_GROUPS]
     if unknown:
         raise SftkitError(f"lora.train_modules: {', '.join(map(repr, unknown))} cannot train "
                           f"beside the adapters; choose from {', '.join(TRAINABLE_GROUPS)}")
     with torch.random.fork_rng(devices=[]):  # the adapters' start follows `train.seed` alone
         torch.manual_seed(train.seed)
-        return apply_lora(model, lora_spec(train, lora), lora.target_list, lora.module_list)
+        return apply_lora(model, lora_spec(train, lora), lora.target_list, lora.module_list,
+                          layers)
 
 
 @dataclass(frozen=True)
