@@ -177,7 +177,7 @@ FUNCTIONS = {
     "not": lambda value: not _truth(value),
     "len": len,
     "index": lambda value, *keys: _index(value, keys),
-    "slice": lambda value, *bounds: value[bounds[0] if bounds else 0:bounds[1] if len(bounds) > 1 else None],
+    "slice": lambda value, start=0, end=None: value[start:end],
 }
 
 

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+
 from sftkit.data.prompts import PromptStyle
 from sftkit.data.templates import TemplateStyle
 from sftkit.errors import SftkitError
