@@ -47,17 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "card's title; default: sftkit-<run> for a run)")
     parser.add_argument("--style", default=None,
                         help="export this prompt style instead of the one the model was "
-                             "trained in: alpaca, phi3, chatml or template")
+                             "trained in: alpaca, phi3, chatml or template (default: the "
+                             "model's own)")
     parser.add_argument("--license", default="",
                         help="the license the model card and the GGUF state (an SPDX id, "
-                             "e.g. apache-2.0)")
+                             "e.g. apache-2.0; default: none stated)")
     parser.add_argument("--verify", type=int, default=0, metavar="N",
                         help="after a GGUF export, compare llama.cpp's greedy answers to N "
                              "test prompts (and perplexities) with sftkit's (needs "
-                             "llama-cpp-python and a run directory)")
+                             "llama-cpp-python and a run directory; default: 0, no check)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO",
                         help="upload the export to this Hugging Face Hub repository "
-                             "(owner/name; token: HF_TOKEN or `hf auth login`)")
+                             "(owner/name; token: HF_TOKEN or `hf auth login`; default: no "
+                             "upload)")
 
 
 def run(args: argparse.Namespace) -> int:
