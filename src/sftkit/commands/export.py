@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         written = _export_gguf(loaded, out, name, quant, args.to, args.license)
     for path in sorted(written.rglob("*")) if written.is_dir() else [written]:
         if path.is_file():
-            print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")
+            print(f"{path}  {_size(path.stat().st_size)}")
     if args.to == "ollama":
         from sftkit.export.ollama import create_command
 
@@ -90,6 +90,14 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"pushed {written} to {push_to_hub(written, args.push_to_hub)}")
     return 0
+
+
+def _size(size: int) -> str:
+    """
+    >>> _size(538_123_456), _size(3_456)
+    ('538.1 MB', '3.5 kB')
+    """
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
 def check_arguments(args: argparse.Namespace, out: Path) -> str:
