@@ -168,7 +168,7 @@ def _export_hf(loaded: LoadedModel, out: Path, name: str, records: RunDir | None
 def _export_gguf(loaded: LoadedModel, out: Path, name: str, quant: str, target: str,
                  license: str) -> Path:
     """One .gguf file (`--to gguf`), or a directory with it and its Modelfile."""
-    from sftkit.export.ollama import write_modelfile
+    from sftkit.export.ollama import MODELFILE, modelfile
     from sftkit.export.turns import jinja_template
     from sftkit.io import atomic_directory
 
@@ -182,9 +182,11 @@ def _export_gguf(loaded: LoadedModel, out: Path, name: str, quant: str, target: 
         with _staged_file(out) as staged:
             write(staged)
         return out
+    gguf_name = f"{name}-{quant}.gguf"
+    text = modelfile(gguf_name, loaded.style)  # a template Ollama cannot take fails first
     with atomic_directory(out) as staging:
-        gguf = write(staging / f"{name}-{quant}.gguf")
-        write_modelfile(staging, gguf.name, loaded.style)
+        write(staging / gguf_name)
+        (staging / MODELFILE).write_text(text, encoding="utf-8")
     return out
 
 

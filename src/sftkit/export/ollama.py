@@ -115,21 +115,6 @@ def _checked(text: str, what: str) -> str:
     return text
 
 
-def write_modelfile(directory: Path, gguf_name: str, style: PromptStyle) -> Path:
-    """Write `Modelfile` into `directory` (beside the GGUF) and return its path.
-
-    Example:
-        >>> import tempfile
-        >>> from sftkit.data.prompts import get_style
-        >>> path = write_modelfile(Path(tempfile.mkdtemp()), "m.gguf", get_style("phi3"))
-        >>> path.read_text().splitlines()[0]
-        'FROM ./m.gguf'
-    """
-    path = directory / MODELFILE
-    path.write_text(modelfile(gguf_name, style), encoding="utf-8")
-    return path
-
-
 def create_command(name: str, directory: Path) -> str:
     """The command that makes the export an Ollama model.
 
