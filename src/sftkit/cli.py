@@ -39,6 +39,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("serve", "serve a model over Ollama's and OpenAI's APIs", "sftkit.commands.serve"),
     Command("merge", "merge a LoRA/DoRA run's adapter into its base: the whole model, "
             "sftkit's format and Hugging Face's", "sftkit.commands.merge"),
+    Command("export", "export a model to GGUF, Ollama (GGUF + Modelfile) or a complete Hugging "
+            "Face directory; push it to the Hub", "sftkit.commands.export"),
     Command("config", "check a run config and print it resolved, with every key's documentation",
             "sftkit.commands.config"),
 )

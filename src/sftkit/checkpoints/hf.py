@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -241,9 +241,13 @@ def hf_config_of(config: ModelConfig, tokenizer: Tokenizer | None = None) -> dic
 
 
 def save_hf_directory(model: Model, directory: str | Path,
-                      tokenizer: Tokenizer | None = None) -> Path:
+                      tokenizer: Tokenizer | None = None, *,
+                      extra_files: Mapping[str, str] | None = None) -> Path:
     """Export `model` as a Hugging Face directory (`config.json` + `model.safetensors`, and the
-    tokenizer files), loadable with `transformers.AutoModelForCausalLM.from_pretrained`.
+    tokenizer files: `tokenizer.json`, and GPT-2's `vocab.json` + `merges.txt`), loadable with
+    `transformers.AutoModelForCausalLM.from_pretrained`. `extra_files` (name -> text) are
+    written with them, in the same atomic step (`sftkit.export.hf_dir` adds the tokenizer's
+    config, the generation config and the model card so).
 
     Example:
         >>> import tempfile
@@ -251,7 +255,7 @@ def save_hf_directory(model: Model, directory: str | Path,
         >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=4))
         >>> folder = save_hf_directory(model, tempfile.mkdtemp(), gpt2_tokenizer())
         >>> sorted(path.name for path in folder.iterdir())
-        ['config.json', 'merges.txt', 'model.safetensors', 'vocab.json']
+        ['config.json', 'merges.txt', 'model.safetensors', 'tokenizer.json', 'vocab.json']
         >>> load_hf_directory(folder)[0].config.n_layers
         1
     """
@@ -273,6 +277,30 @@ def save_hf_directory(model: Model, directory: str | Path,
             encoder_json, vocab_bpe = gpt2_bpe_files()
             shutil.copyfile(encoder_json, staging / "vocab.json")
             shutil.copyfile(vocab_bpe, staging / "merges.txt")
+            gpt2_tokenizers_backend(encoder_json, vocab_bpe).save(str(staging / "tokenizer.json"))
         elif isinstance(tokenizer, HFTokenizer):
             tokenizer.backend.save(str(staging / "tokenizer.json"))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
     return Path(directory)
+
+
+def gpt2_tokenizers_backend(encoder_json: Path, vocab_bpe: Path) -> Any:
+    """GPT-2's BPE as a `tokenizers.Tokenizer` (what a Hub `tokenizer.json` of GPT-2 holds):
+    byte-level pre-tokenizer and decoder, `<|endoftext|>` special.
+
+    Example:
+        >>> backend = gpt2_tokenizers_backend(*gpt2_bpe_files())
+        >>> text = "Hello world<|endoftext|>"
+        >>> backend.encode(text).ids == gpt2_tokenizer().encode(text)
+        True
+    """
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    backend = Backend(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.add_special_tokens(["<|endoftext|>"])
+    return backend

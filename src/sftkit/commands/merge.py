@@ -29,12 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sftkit.checkpoints import load_pretrained
-    from sftkit.checkpoints.hf import save_hf_directory
     from sftkit.checkpoints.native import save_native
+    from sftkit.export.hf_dir import save_hf_export
+    from sftkit.export.model_card import ModelCard
+    from sftkit.pipeline.rundir import RunDir
 
     adapter, out, hf_out = merge_paths(Path(args.run), args.out)
     loaded = load_pretrained(str(adapter))  # an adapter directory loads merged into its base
-    save_hf_directory(loaded.model, hf_out, loaded.tokenizer)
+    card = ModelCard.of_run(RunDir(Path(args.run)), Path(args.run).resolve().name,
+                            base_model=loaded.config.hf_repo_id or "", source=str(adapter))
+    save_hf_export(loaded.model, loaded.tokenizer, loaded.style, hf_out, card=card)
     save_native(loaded.model, loaded.tokenizer, out, style=loaded.style)
     print(f"merged {adapter} into {loaded.source.rpartition(' into ')[2]}: {out} (sftkit), "
           f"{hf_out} (Hugging Face)")

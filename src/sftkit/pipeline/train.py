@@ -44,9 +44,10 @@ def save_trained(context: RunContext) -> str:
     """Save what training made: a LoRA/DoRA run's adapter/, else model-hf/ and model/.
     Returns where, for the log. The directory that marks the stage done (`RunDir.has_model`)
     is written last; it keeps the prompt style (or template) trained with."""
-    from sftkit.checkpoints.hf import save_hf_directory
     from sftkit.checkpoints.native import save_native, style_files
     from sftkit.checkpoints.peft_files import save_adapter
+    from sftkit.export.hf_dir import save_hf_export
+    from sftkit.export.model_card import ModelCard
     from sftkit.peft import LoraSpec, adapter_layers
 
     run, loaded, config = context.run, context.loaded_model, context.config
@@ -58,7 +59,10 @@ def save_trained(context: RunContext) -> str:
                      train_modules=config.lora.module_list,
                      extra_files=style_files(loaded.tokenizer, context.prompt_style))
         return f"adapter → {run.adapter_dir} (sftkit merge {run.root} writes the whole model)"
-    save_hf_directory(loaded.model, run.model_hf_dir, loaded.tokenizer)
+    card = ModelCard.of_run(run, config.name, config=config,
+                            base_model=loaded.config.hf_repo_id or "")
+    save_hf_export(loaded.model, loaded.tokenizer, context.prompt_style, run.model_hf_dir,
+                   card=card)
     save_native(loaded.model, loaded.tokenizer, run.model_dir, style=context.prompt_style)
     return f"model → {run.model_dir} (and {run.model_hf_dir} for transformers)"
 

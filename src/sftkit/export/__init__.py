@@ -1,0 +1,1 @@
+"""Export: GGUF, Ollama Modelfile, a complete Hugging Face directory, the Hub."""

@@ -1,0 +1,24 @@
+"""Fixtures of the export tests."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fake_hub import FakeHub
+
+
+@pytest.fixture
+def fake_hub():
+    servers = []
+
+    def start(status=200):
+        server = FakeHub(status)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
