@@ -73,8 +73,8 @@ def save_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
                     keep: int = 2) -> Path:
     """Write a checkpoint for `progress.step`; keep the newest `keep` of them."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{progress.step:06d}"
-    final = checkpoints_dir / name
+    final = checkpoint_path(checkpoints_dir, progress.step)
+    name = final.name
     with atomic_directory(final) as staging:
         save_weights(model, staging / WEIGHTS)
         state = {
@@ -88,6 +88,15 @@ def save_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
     for old in checkpoints_newest_first(checkpoints_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_path(checkpoints_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` goes.
+
+    >>> checkpoint_path(Path("checkpoints"), 12).as_posix()
+    'checkpoints/step-000012'
+    """
+    return checkpoints_dir / f"step-{step:06d}"
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:

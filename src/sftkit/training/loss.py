@@ -227,12 +227,20 @@ def examples_in(batch: Batch | PackedBatch) -> int:
     return batch.examples if isinstance(batch, PackedBatch) else batch.inputs.shape[0]
 
 
-@torch.no_grad()
 def mean_loss(model: DecoderModel, batches: Iterable[Batch | PackedBatch],
               max_batches: int | None = None, device: torch.device | None = None,
               autocast=None) -> float:
     """Mean loss per supervised token over (up to `max_batches` of) `batches` (plain or
     packed)."""
+    total, count = loss_total(model, batches, max_batches, device, autocast)
+    return total / count if count else float("nan")
+
+
+@torch.no_grad()
+def loss_total(model: DecoderModel, batches: Iterable[Batch | PackedBatch],
+               max_batches: int | None = None, device: torch.device | None = None,
+               autocast=None) -> tuple[float, int]:
+    """(sum of token losses, supervised tokens) over (up to `max_batches` of) `batches`."""
     total = 0.0
     count = 0
     for index, batch in enumerate(batches):
@@ -244,4 +252,4 @@ def mean_loss(model: DecoderModel, batches: Iterable[Batch | PackedBatch],
                                                **packed_layout(batch, device))
         total += float(loss)
         count += int(tokens)
-    return total / count if count else float("nan")
+    return total, count
