@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from sftkit.pipeline.context import RunContext
+from sftkit.training import distributed
 
 if TYPE_CHECKING:
     from sftkit.training.loop import TrainResult
@@ -32,7 +33,7 @@ def stage_train(context: RunContext) -> None:
     context.timings["train_supervised_tokens_per_s"] = round(
         result.supervised_tokens_per_second, 1)
     loaded.model.eval()
-    saved = save_trained(context)
+    saved = save_trained(context) if distributed.is_main() else "saved by rank 0"
     merge_adapters(loaded.model)  # the answers that follow run faster on plain layers
     context.finetuned = True
     context.log(f"[train] {progress.step} steps, {progress.supervised_tokens} supervised tokens "

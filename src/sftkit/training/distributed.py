@@ -191,3 +191,33 @@ def shard_loader(loader: DataLoader, place: World) -> DataLoader:
     return DataLoader(loader.dataset, batch_sampler=ShardedBatchSampler(
         loader.batch_sampler, place.rank, place.size), collate_fn=loader.collate_fn,
         num_workers=loader.num_workers, generator=loader.generator)
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run `python -m sftkit *argv` on `nproc` processes of this machine through torchrun's
+    own launcher (`torch.distributed.run`, at a free port); returns 0 when every rank
+    succeeded. A rank that fails ends the job (torchrun stops the others): a `SftkitError`
+    names it, with its exit code."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "sftkit", *argv])
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        raise SftkitError(f"training on {nproc} processes failed: rank {rank} exited with "
+                          f"code {failure.exitcode} first (its error is above; torchrun then "
+                          "stopped the others); run the same command again to resume from "
+                          "the last checkpoint") from None
+    return 0
+
+
+def relaunched(nproc: int, argv: Sequence[str]) -> bool:
+    """Launch `argv` on `nproc` processes unless this process is one already (or `nproc` is
+    1); True when it did. The shortcut behind `--nproc N` of `sftkit train` and `run`."""
+    if nproc < 1:
+        raise SftkitError(f"--nproc must be >= 1, not {nproc}")
+    if nproc == 1 or World.from_env().is_distributed:
+        return False
+    launch(nproc, argv)
+    return True

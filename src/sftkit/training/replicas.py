@@ -9,14 +9,14 @@ training step divides each rank's loss by the global supervised-token count, so 
 one process's gradient over the same examples. Only trainable parameters are communicated
 (LoRA/DoRA: the adapters), as both wrappers skip parameters without `requires_grad`.
 
-`Replica.communicated_bytes` counts what the DDP hook all-reduced (the benchmark's figure).
+`Replica.traffic` counts what the DDP hook all-reduced (the benchmark's figure).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -45,15 +45,21 @@ class LossModel(nn.Module):
         return supervised_loss_sum(self.model, inputs, targets, **packed)
 
 
+class Traffic:
+    """Bytes of gradients a rank has sent into all-reduces so far (DDP)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
 class Replica:
     """A rank's wrapped model: its loss, and a context that keeps gradients local (the
     micro-batches of a step before the last, under gradient accumulation)."""
 
-    def __init__(self, wrapped: nn.Module, strategy: str):
+    def __init__(self, wrapped: nn.Module, strategy: str, traffic: Traffic | None = None):
         self.wrapped = wrapped
         self.strategy = strategy
-        self.communicated_bytes = 0
-        """Bytes of gradients all-reduced so far (DDP; what this rank sent into the sum)."""
+        self.traffic = traffic or Traffic()
 
     def loss_sum(self, inputs: torch.Tensor, targets: torch.Tensor,
                  **packed: Unpack[PackedArgs]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,19 +82,16 @@ class Replica:
                 self.wrapped.set_requires_gradient_sync(True)  # type: ignore[operator]
 
 
-def _sum_gradients_hook(replica: Replica) -> Callable[[Any, dist.GradBucket],
-                                                      torch.futures.Future[torch.Tensor]]:
+def _sum_gradients(traffic, bucket):
     """A DDP communication hook that sums a bucket of gradients across ranks (DDP's own
-    averages them), counting the bytes. (DDP checks the hook's annotations as objects, which
-    `from __future__ import annotations` makes strings: the hook has none.)"""
-
-    def hook(process_group, bucket):
-        buffer = bucket.buffer()
-        replica.communicated_bytes += buffer.numel() * buffer.element_size()
-        work = dist.all_reduce(buffer, group=process_group, async_op=True)
-        return work.get_future().then(lambda future: future.value()[0])
-
-    return hook
+    averages them), counting the bytes in `traffic`. (DDP checks the hook's annotations as
+    objects, which `from __future__ import annotations` makes strings: it has none. Its state
+    is not the replica: DDP would hold the replica that holds DDP, a cycle through C++ that
+    is only freed at exit, after the process group.)"""
+    buffer = bucket.buffer()
+    traffic.bytes += buffer.numel() * buffer.element_size()
+    work = dist.all_reduce(buffer, async_op=True)
+    return work.get_future().then(lambda future: future.value()[0])
 
 
 def replicate(model: DecoderModel, strategy: str, device: torch.device) -> Replica:
@@ -104,9 +107,9 @@ def replicate(model: DecoderModel, strategy: str, device: torch.device) -> Repli
         LossModel(model), device_ids=[device.index] if device.type == "cuda" else None,
         forward_sync_buffers=False,  # constant buffers (masks, RoPE tables), equal everywhere
         gradient_as_bucket_view=True)
-    replica = Replica(wrapped, "ddp")
-    wrapped.register_comm_hook(None, _sum_gradients_hook(replica))
-    return replica
+    traffic = Traffic()
+    wrapped.register_comm_hook(traffic, _sum_gradients)
+    return Replica(wrapped, "ddp", traffic)
 
 
 def _fully_shard(model: DecoderModel, device: torch.device) -> Replica:
