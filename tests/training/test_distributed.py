@@ -1,9 +1,10 @@
 """Training on 2 processes (torchrun, gloo, loopback) gives one process's maths: the same loss
 curve and the same final weights as one process with the global batch, within 1e-5 (fp32),
-for full fine-tuning and for LoRA.
+with DDP and with FSDP2 (its weights read from its sharded checkpoint in one process), for
+full fine-tuning and for LoRA, with and without gradient accumulation.
 
 The file is also the workers' script: `torchrun ... test_distributed.py OUT METHOD BATCH
-ACCUM` trains a tiny random GPT-2 and rank 0 writes the step losses, metrics and weights.
+ACCUM STRATEGY` trains a tiny random GPT-2 and rank 0 writes the step losses, metrics and weights.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from sftkit.config import LoraConfig, TrainConfig
 from sftkit.data.dataset import InstructionDataset
 from sftkit.data.prompts import get_style
 from sftkit.models import ModelConfig, build_model
+from sftkit.models.base import DecoderModel
 from sftkit.peft.setup import adapt_for_training
 from sftkit.training import distributed
+from sftkit.training.checkpointing import latest_checkpoint
 from sftkit.training.loop import Trainer
+from sftkit.training.replicas import LossModel
+from sftkit.training.sharded import load_sharded_checkpoint
 
 WORDS = ["cat", "dog", "sun", "sky", "tree", "road", "milk", "rain"]
 LAUNCH_SECONDS = 180  # a bound on one torchrun launch, on a busy 2-core machine
@@ -47,16 +52,34 @@ def records(count: int) -> list[dict[str, str]]:
              "output": f"{WORDS[i % 8].upper()}!" * (1 + i % 4)} for i in range(count)]
 
 
-def train(out: Path, method: str, batch_size: int, grad_accum: int) -> None:
-    """Train a tiny GPT-2 (seeded: every process builds the same one) into `out`; rank 0
-    writes `losses.json` (every step's loss) and `weights.pt` (the trained parameters)."""
+def tiny_model(config: TrainConfig) -> DecoderModel:
+    """The same tiny random GPT-2 in every process, with adapters for LoRA."""
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name("gpt2", n_layers=2, emb_dim=32, n_heads=2,
                                               vocab_size=257, context_length=256))
+    adapt_for_training(model, config, LoraConfig(r=4, dropout=0.0))
+    return model
+
+
+def sharded_weights(out: Path, method: str) -> dict[str, torch.Tensor]:
+    """The trainable weights of the newest sharded checkpoint in `out`, read in this one
+    process (DCP reshards 2 -> 1)."""
+    model = tiny_model(TrainConfig(method=method))
+    load_sharded_checkpoint(latest_checkpoint(out / "checkpoints"), LossModel(model))
+    return {name: parameter.detach() for name, parameter in model.named_parameters()
+            if parameter.requires_grad}
+
+
+def train(out: Path, method: str, batch_size: int, grad_accum: int,
+          strategy: str = "auto") -> None:
+    """Train a tiny GPT-2 (seeded: every process builds the same one) into `out`; rank 0
+    writes `losses.json` (every step's loss) and `weights.pt` (the trained parameters;
+    FSDP: in its sharded checkpoint)."""
     config = TrainConfig(epochs=2, batch_size=batch_size, grad_accum=grad_accum, lr=3e-3,
                          precision="fp32", device="cpu", eval_every=2, eval_batches=2,
-                         seed=7, method=method, sample_every_epoch=False)
-    adapt_for_training(model, config, LoraConfig(r=4, dropout=0.0))
+                         seed=7, method=method, sample_every_epoch=False,
+                         strategy=strategy)
+    model = tiny_model(config)
     style, data = get_style("alpaca"), records(24)
     trainer = Trainer(model, InstructionDataset(data[:16], Bytes(), style),
                       InstructionDataset(data[16:], Bytes(), style), config, out,
@@ -68,6 +91,7 @@ def train(out: Path, method: str, batch_size: int, grad_accum: int) -> None:
     trainer.fit()
     if distributed.is_main():
         (out / "losses.json").write_text(json.dumps(losses))
+    if distributed.is_main() and strategy != "fsdp":  # FSDP: the sharded checkpoint has them
         torch.save({name: parameter.detach() for name, parameter in model.named_parameters()
                     if parameter.requires_grad}, out / "weights.pt")
 
@@ -82,7 +106,7 @@ def torchrun(out: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProce
                           timeout=LAUNCH_SECONDS)
 
 
-def assert_same_training(one: Path, two: Path) -> None:
+def assert_same_training(one: Path, two: Path, method: str, strategy: str) -> None:
     """The same step losses, loss estimates and trained weights, within 1e-5."""
     step_losses = [json.loads((out / "losses.json").read_text()) for out in (one, two)]
     assert len(step_losses[0]) == len(step_losses[1]) > 0
@@ -94,18 +118,23 @@ def assert_same_training(one: Path, two: Path) -> None:
     for key in ("train_loss", "val_loss"):
         assert [row[key] for row in rows[1]] == pytest.approx(
             [row[key] for row in rows[0]], abs=1.1e-5)  # 5 decimals, rounded
-    weights = [torch.load(out / "weights.pt", weights_only=True) for out in (one, two)]
+    weights = [torch.load(one / "weights.pt", weights_only=True),
+               sharded_weights(two, method) if strategy == "fsdp"
+               else torch.load(two / "weights.pt", weights_only=True)]
     assert weights[1].keys() == weights[0].keys()
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, atol=1e-5, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize(("method", "grad_accum"), [("full", 1), ("lora", 2)])
-def test_two_processes_train_as_one_with_the_global_batch(tmp_path, method, grad_accum):
-    launched = torchrun(tmp_path / "two", method, "2", str(grad_accum))
+@pytest.mark.parametrize(("strategy", "method", "grad_accum"),
+                         [("ddp", "full", 1), ("ddp", "lora", 2), ("fsdp", "full", 2),
+                          ("fsdp", "lora", 1)])
+def test_two_processes_train_as_one_with_the_global_batch(tmp_path, strategy, method,
+                                                          grad_accum):
+    launched = torchrun(tmp_path / "two", method, "2", str(grad_accum), strategy)
     assert launched.returncode == 0, launched.stderr[-3000:]
     train(tmp_path / "one", method, batch_size=4, grad_accum=grad_accum)
-    assert_same_training(tmp_path / "one", tmp_path / "two")
+    assert_same_training(tmp_path / "one", tmp_path / "two", method, strategy)
 
 
 def test_shards_are_disjoint_and_make_the_global_batch():
@@ -125,5 +154,5 @@ def test_shards_are_disjoint_and_make_the_global_batch():
 
 
 if __name__ == "__main__":
-    out_dir, method_name, batch, accum = sys.argv[1:]
-    train(Path(out_dir), method_name, int(batch), int(accum))
+    out_dir, method_name, batch, accum, strategy_name = sys.argv[1:]
+    train(Path(out_dir), method_name, int(batch), int(accum), strategy_name)

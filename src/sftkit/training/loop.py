@@ -54,6 +54,7 @@ from sftkit.training.checkpointing import (
     TrainProgress,
     checkpoint_path,
     latest_checkpoint,
+    load_checkpoint,
     load_newest_checkpoint,
     remove_stale_staging,
     save_checkpoint,
@@ -62,7 +63,12 @@ from sftkit.training.interrupts import deferred_interrupts
 from sftkit.training.loss import loss_total
 from sftkit.training.optim import OptimizerLike
 from sftkit.training.plots import plot_losses
-from sftkit.training.replicas import replicate
+from sftkit.training.replicas import LossModel, replicate
+from sftkit.training.sharded import (
+    is_sharded,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 from sftkit.training.schedule import LRSchedule
 from sftkit.training.steps import (
     InBackwardStep,
@@ -179,6 +185,8 @@ class Trainer:
         else:  # DDP expects a sparse gradient of an embedding whose tied gradient is dense
             use_sparse_embedding_gradient(self.model)
         self.strategy = make_step(self.model, config, self.device, self.precision, replica)
+        self.replica = replica
+        self._replica_loss = replica.loss_sum if replica is not None else None
         self.model.activation_checkpointing = config.activation_checkpointing
         self.last_record: dict[str, Any] | None = None
         self._saved: tuple[int, Path] | None = None  # the step this trainer last saved
@@ -247,7 +255,7 @@ class Trainer:
 
     def _resume(self) -> TrainProgress | None:
         found = load_newest_checkpoint(self.checkpoints_dir, self.model, self.optimizer,
-                                       self.log)
+                                       self.log, load=self._load_checkpoint)
         if found is None:
             return None
         checkpoint, progress = found
@@ -256,6 +264,22 @@ class Trainer:
             kept = [row for row in self.read_metrics() if row["step"] <= progress.step]
             self.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         return progress
+
+    def _load_checkpoint(self, path: Path, model: DecoderModel, optimizer: OptimizerLike
+                         ) -> TrainProgress:
+        """A checkpoint of either format: one process's (DDP's too), or FSDP's sharded one,
+        resharded for this world."""
+        sharded = self.replica is not None and self.replica.strategy == "fsdp"
+        if not is_sharded(path):
+            if sharded:
+                raise SftkitError(f"{path}: written by one process or DDP; train.strategy="
+                                  "fsdp resumes only from sharded checkpoints")
+            return load_checkpoint(path, model, optimizer)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise SftkitError(f"{path}: a sharded checkpoint (train.strategy=fsdp) resumes "
+                              "in one process with train.step_in_backward=false")
+        module = self.replica.wrapped if sharded else LossModel(model)  # type: ignore[union-attr]
+        return load_sharded_checkpoint(path, module, optimizer)
 
     def _steps_of_epoch(self, progress: TrainProgress) -> Iterator[list[Batch | PackedBatch]]:
         """The micro-batches of each remaining step of the current epoch, `grad_accum` at a
@@ -319,7 +343,11 @@ class Trainer:
         written it (the periodic save at the last step, or an interrupt right after one)."""
         if self._saved is not None and self._saved[0] == progress.step:
             return self._saved[1]
-        if self.world.is_main:  # DDP: every rank holds the same weights and optimizer state
+        if self.replica is not None and self.replica.strategy == "fsdp":
+            path = save_sharded_checkpoint(self.checkpoints_dir, self.replica.wrapped,
+                                           self.optimizer,  # type: ignore[arg-type]
+                                           progress, self.config.keep_checkpoints)
+        elif self.world.is_main:  # DDP: every rank holds the same weights and optimizer state
             path = save_checkpoint(self.checkpoints_dir, self.model, self.optimizer, progress,
                                    self.config.keep_checkpoints)
         else:
@@ -355,7 +383,8 @@ class Trainer:
                       for value in loss_total(self.model, loader,
                                               max_batches=self.config.eval_batches,
                                               device=self.device,
-                                              autocast=autocast(self.device, self.precision))]
+                                              autocast=autocast(self.device, self.precision),
+                                              loss_sum=self._replica_loss)]
         finally:
             self.model.train()
         train, train_count, val, val_count = distributed.all_reduce_sum(

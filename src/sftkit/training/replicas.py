@@ -119,8 +119,11 @@ def _fully_shard(model: DecoderModel, device: torch.device) -> Replica:
     root = LossModel(model)
     for parameter in model.parameters():  # the weights rank 0 has, before they are sharded
         dist.broadcast(parameter.data, src=0)
-    for block in model.blocks:
-        fully_shard(block)
-    fully_shard(root)
-    root.set_gradient_divide_factor(1.0)  # type: ignore[operator]  # a sum, not a mean
+    units = [*model.blocks, root]
+    for unit in units:
+        fully_shard(unit)
+    for unit in units:
+        # A sum, not a mean, reduced with SUM alone: gloo has no PREMUL_SUM (nor AVG).
+        unit.set_gradient_divide_factor(1.0)  # type: ignore[operator]
+        unit.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]
     return Replica(root, "fsdp")
