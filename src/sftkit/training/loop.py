@@ -64,12 +64,12 @@ from sftkit.training.loss import loss_total
 from sftkit.training.optim import OptimizerLike
 from sftkit.training.plots import plot_losses
 from sftkit.training.replicas import LossModel, replicate
+from sftkit.training.schedule import LRSchedule
 from sftkit.training.sharded import (
     is_sharded,
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
-from sftkit.training.schedule import LRSchedule
 from sftkit.training.steps import (
     InBackwardStep,
     NonFiniteLoss,

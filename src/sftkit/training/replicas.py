@@ -124,6 +124,6 @@ def _fully_shard(model: DecoderModel, device: torch.device) -> Replica:
         fully_shard(unit)
     for unit in units:
         # A sum, not a mean, reduced with SUM alone: gloo has no PREMUL_SUM (nor AVG).
-        unit.set_gradient_divide_factor(1.0)  # type: ignore[operator]
-        unit.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)
     return Replica(root, "fsdp")
