@@ -71,20 +71,22 @@ def sharded_weights(out: Path, method: str) -> dict[str, torch.Tensor]:
 
 
 def train(out: Path, method: str, batch_size: int, grad_accum: int,
-          strategy: str = "auto") -> None:
+          strategy: str = "auto", max_steps: int = 0) -> None:
     """Train a tiny GPT-2 (seeded: every process builds the same one) into `out`; rank 0
     writes `losses.json` (every step's loss) and `weights.pt` (the trained parameters;
     FSDP: in its sharded checkpoint)."""
     config = TrainConfig(epochs=2, batch_size=batch_size, grad_accum=grad_accum, lr=3e-3,
                          precision="fp32", device="cpu", eval_every=2, eval_batches=2,
                          seed=7, method=method, sample_every_epoch=False,
-                         strategy=strategy)
+                         strategy=strategy, max_steps=max_steps,
+                         step_in_backward=max_steps == 0)  # resumable from shards in one
     model = tiny_model(config)
     style, data = get_style("alpaca"), records(24)
     trainer = Trainer(model, InstructionDataset(data[:16], Bytes(), style),
                       InstructionDataset(data[16:], Bytes(), style), config, out,
                       progress_bar=False, log=lambda message: None)
-    losses: list[float] = []
+    losses: list[float] = json.loads((out / "losses.json").read_text()) \
+        if (out / "losses.json").exists() else []  # a resumed run's go on
     step = trainer._step
     trainer._step = lambda batches, progress: losses.append(step(batches, progress)) \
         or losses[-1]  # type: ignore[method-assign]
@@ -131,10 +133,27 @@ def assert_same_training(one: Path, two: Path, method: str, strategy: str) -> No
                           ("fsdp", "lora", 1)])
 def test_two_processes_train_as_one_with_the_global_batch(tmp_path, strategy, method,
                                                           grad_accum):
-    launched = torchrun(tmp_path / "two", method, "2", str(grad_accum), strategy)
+    launched = torchrun(tmp_path / "two", method, "2", str(grad_accum), strategy, "0")
     assert launched.returncode == 0, launched.stderr[-3000:]
     train(tmp_path / "one", method, batch_size=4, grad_accum=grad_accum)
     assert_same_training(tmp_path / "one", tmp_path / "two", method, strategy)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_resume_one_and_one_resumes_two(tmp_path, strategy):
+    """Half the steps on 2 processes, the rest in 1 (2 -> 1), and the reverse (1 -> 2),
+    give the uninterrupted run's losses and weights."""
+    train(tmp_path / "whole", "full", batch_size=4, grad_accum=1, max_steps=8)
+    launched = torchrun(tmp_path / "two-one", "full", "2", "1", strategy, "4")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    train(tmp_path / "two-one", "full", batch_size=4, grad_accum=1, max_steps=8)
+    assert_same_training(tmp_path / "whole", tmp_path / "two-one", "full", "ddp")
+    if strategy == "fsdp":  # FSDP resumes only from its own sharded checkpoints
+        return
+    train(tmp_path / "one-two", "full", batch_size=4, grad_accum=1, max_steps=4)
+    launched = torchrun(tmp_path / "one-two", "full", "2", "1", strategy, "8")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert_same_training(tmp_path / "whole", tmp_path / "one-two", "full", strategy)
 
 
 def test_shards_are_disjoint_and_make_the_global_batch():
@@ -154,5 +173,5 @@ def test_shards_are_disjoint_and_make_the_global_batch():
 
 
 if __name__ == "__main__":
-    out_dir, method_name, batch, accum, strategy_name = sys.argv[1:]
-    train(Path(out_dir), method_name, int(batch), int(accum), strategy_name)
+    out_dir, method_name, batch, accum, strategy_name, steps = sys.argv[1:]
+    train(Path(out_dir), method_name, int(batch), int(accum), strategy_name, int(steps))

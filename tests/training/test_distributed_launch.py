@@ -1,6 +1,6 @@
 """`sftkit train --nproc 2` relaunches itself through torchrun: two processes train (gloo,
-loopback, a free port) and rank 0 alone writes the run's files; a rank that fails ends the
-job with a message naming it."""
+loopback, a free port), with DDP or FSDP2, and rank 0 alone writes the run's files; a rank
+that fails ends the job with a message naming it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 LAUNCH_SECONDS = 180  # a bound on one launch, on a busy 2-core machine
 
@@ -18,16 +20,17 @@ def sftkit(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=LAUNCH_SECONDS)
 
 
-def test_train_on_two_processes(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_train_on_two_processes(tmp_path, tiny_model_dir, strategy):
     rows = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i}."} for i in range(40)]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     done = sftkit("train", "--nproc", "2", f"runs_dir={tmp_path}", "name=t",
                   f"model.name={tiny_model_dir}", f"data.source={data}", "train.max_steps=3",
-                  "train.precision=fp32", "train.sample_every_epoch=false")
+                  "train.precision=fp32", f"train.strategy={strategy}")
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "t"
-    assert (run / "model" / "model.safetensors").exists()
+    assert (run / "model" / "model.safetensors").exists()  # FSDP: gathered by rank 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in metrics] == [0, 3]  # one writer: no row twice
     # 3 steps x 2 ranks x 8 examples x 35 learned tokens (every example is 36 tokens)
@@ -39,6 +42,9 @@ def test_a_failing_rank_ends_the_job_naming_it(tmp_path, tiny_model_dir):
     failed = sftkit("train", "--nproc", "2", f"runs_dir={tmp_path}", "name=t",
                     f"model.name={tiny_model_dir}", f"data.source={tmp_path / 'missing.json'}")
     assert failed.returncode == 2
-    assert "sftkit train: error: training on 2 processes failed: rank 0 exited with code 2 " \
-        "first" in failed.stderr
-    assert "missing.json" in failed.stderr
+    # Rank 0 fails (its own error is printed); rank 1 then loses its link to it, and
+    # whichever torchrun sees first, it stops the other: each is named with its exit code.
+    assert "missing.json: no such file" in failed.stderr
+    assert "sftkit train: error: training on 2 processes failed: rank 0 exited with code " \
+        in failed.stderr
+    assert "; rank 1 exited with code " in failed.stderr

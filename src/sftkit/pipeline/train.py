@@ -28,12 +28,15 @@ def stage_train(context: RunContext) -> None:
         return
     loaded = context.model()
     result = _fit(context)
+    if not distributed.is_main():
+        return  # rank 0 saves the model and runs the stages after training
+    loaded = context.loaded_model  # FSDP: rebuilt whole (`_fit`)
     progress = result.progress
     context.timings["train_s"] = round(progress.train_seconds, 1)
     context.timings["train_supervised_tokens_per_s"] = round(
         result.supervised_tokens_per_second, 1)
     loaded.model.eval()
-    saved = save_trained(context) if distributed.is_main() else "saved by rank 0"
+    saved = save_trained(context)
     merge_adapters(loaded.model)  # the answers that follow run faster on plain layers
     context.finetuned = True
     context.log(f"[train] {progress.step} steps, {progress.supervised_tokens} supervised tokens "
@@ -109,4 +112,17 @@ def _fit(context: RunContext) -> TrainResult:
     result = trainer.fit()
     if result.status != "completed":
         raise KeyboardInterrupt
+    weights = trainer.gather_weights()
+    if weights is not None:  # FSDP: rank 0 rebuilds the whole model from the shards
+        _rebuild(context, weights)
     return result
+
+
+def _rebuild(context: RunContext, weights: dict[str, torch.Tensor]) -> None:
+    """Load the model (and its adapters) afresh with the trained `weights` of every rank."""
+    from sftkit.peft.setup import adapt_for_training
+
+    context.loaded = None
+    model = context.model().model
+    adapt_for_training(model, context.config.train, context.config.lora)
+    model.load_state_dict(weights)

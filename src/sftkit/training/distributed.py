@@ -204,11 +204,13 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     try:
         torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "sftkit", *argv])
     except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
-        raise SftkitError(f"training on {nproc} processes failed: rank {rank} exited with "
-                          f"code {failure.exitcode} first (its error is above; torchrun then "
-                          "stopped the others); run the same command again to resume from "
-                          "the last checkpoint") from None
+        # Every failed rank: which one failed first is not always the one torchrun names
+        # first (a rank that exits cleanly with an error code, then its peers' broken links).
+        failed = "; ".join(f"rank {rank} exited with code {failure.exitcode}"
+                           for rank, failure in sorted(error.failures.items()))
+        raise SftkitError(f"training on {nproc} processes failed: {failed} (their errors are "
+                          "above; torchrun stopped the others); run the same command again "
+                          "to resume from the last checkpoint") from None
     return 0
 
 

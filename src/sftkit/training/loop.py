@@ -66,6 +66,7 @@ from sftkit.training.plots import plot_losses
 from sftkit.training.replicas import LossModel, replicate
 from sftkit.training.schedule import LRSchedule
 from sftkit.training.sharded import (
+    gather_full_weights,
     is_sharded,
     load_sharded_checkpoint,
     save_sharded_checkpoint,
@@ -197,6 +198,17 @@ class Trainer:
         return self.strategy.optimizer
 
     @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the ranks (FSDP2)."""
+        return self.replica is not None and self.replica.strategy == "fsdp"
+
+    def gather_weights(self) -> dict[str, torch.Tensor] | None:
+        """A sharded model's whole weights, on rank 0 (None elsewhere, and when the model is
+        not sharded: it holds them). Every rank calls it."""
+        return gather_full_weights(self.replica.wrapped) \
+            if self.replica is not None and self.sharded else None
+
+    @property
     def step_in_backward(self) -> bool:
         return isinstance(self.strategy, InBackwardStep)
 
@@ -269,16 +281,15 @@ class Trainer:
                          ) -> TrainProgress:
         """A checkpoint of either format: one process's (DDP's too), or FSDP's sharded one,
         resharded for this world."""
-        sharded = self.replica is not None and self.replica.strategy == "fsdp"
         if not is_sharded(path):
-            if sharded:
+            if self.sharded:
                 raise SftkitError(f"{path}: written by one process or DDP; train.strategy="
                                   "fsdp resumes only from sharded checkpoints")
             return load_checkpoint(path, model, optimizer)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise SftkitError(f"{path}: a sharded checkpoint (train.strategy=fsdp) resumes "
                               "in one process with train.step_in_backward=false")
-        module = self.replica.wrapped if sharded else LossModel(model)  # type: ignore[union-attr]
+        module = self.replica.wrapped if self.replica and self.sharded else LossModel(model)
         return load_sharded_checkpoint(path, module, optimizer)
 
     def _steps_of_epoch(self, progress: TrainProgress) -> Iterator[list[Batch | PackedBatch]]:
@@ -343,7 +354,7 @@ class Trainer:
         written it (the periodic save at the last step, or an interrupt right after one)."""
         if self._saved is not None and self._saved[0] == progress.step:
             return self._saved[1]
-        if self.replica is not None and self.replica.strategy == "fsdp":
+        if self.replica is not None and self.sharded:
             path = save_sharded_checkpoint(self.checkpoints_dir, self.replica.wrapped,
                                            self.optimizer,  # type: ignore[arg-type]
                                            progress, self.config.keep_checkpoints)
@@ -416,6 +427,8 @@ class Trainer:
 
     def _sample(self, epoch: int, bar: tqdm) -> None:
         if not (self.config.sample_every_epoch and self.sample_fn and self.world.is_main):
+            return
+        if self.sharded:  # the weights are spread over the ranks: rank 0 alone cannot answer
             return
         self.model.eval()
         try:

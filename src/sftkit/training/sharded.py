@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -119,3 +120,14 @@ def load_sharded_checkpoint(path: Path, module: nn.Module,
     if optimizer is not None:
         set_optimizer_state_dict(module, optimizer, state["optimizer"])
     return restore_trainer_state(trainer_state)
+
+
+def gather_full_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole weights of `module` (a sharded `LossModel`), by the model's own parameter
+    names, on rank 0 (in CPU memory); None on the other ranks. Every rank calls it."""
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    if not distributed.is_main():
+        return None
+    return {name.removeprefix("model."): tensor for name, tensor in full.items()
+            if isinstance(tensor, torch.Tensor)}
