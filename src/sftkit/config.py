@@ -153,7 +153,8 @@ class TrainConfig:
     the model on every rank), `fsdp` (FSDP2: each rank holds a shard of every weight, gradient
     and optimizer state; for models that do not fit one device) or `auto` (= `ddp`).
     `batch_size` is per rank: N ranks take the global batch one process would take with
-    N x batch_size, and the updates are the same. Ignored in one process."""
+    N x batch_size, and the updates are the same. Under `fsdp`, checkpoints are sharded and
+    no sample answer is printed after each epoch. Ignored in one process."""
     activation_checkpointing: bool = False
     """Keep only each block's input and recompute the rest in backward: much less activation
     memory for about a third more compute."""

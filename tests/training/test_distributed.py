@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -98,14 +100,27 @@ def train(out: Path, method: str, batch_size: int, grad_accum: int,
                     if parameter.requires_grad}, out / "weights.pt")
 
 
-def torchrun(out: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    """This file as the script of `nproc` workers on loopback, at a free port."""
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo",
-           "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", __file__, str(out), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True,
-                          timeout=LAUNCH_SECONDS)
+def launcher(out: Path, *args: str, rendezvous: Sequence[str] = ("--standalone",),
+             nproc: int = 2) -> list[str]:
+    """The command of a torchrun launcher of `nproc` workers running this file."""
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous,
+            f"--nproc-per-node={nproc}", __file__, str(out), *args]
+
+
+def loopback_env() -> dict[str, str]:
+    return {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """This file as the script of 2 workers on loopback, at a free port."""
+    return subprocess.run(launcher(out, *args), env=loopback_env(), capture_output=True,
+                          text=True, timeout=LAUNCH_SECONDS)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def assert_same_training(one: Path, two: Path, method: str, strategy: str) -> None:
@@ -154,6 +169,25 @@ def test_two_processes_resume_one_and_one_resumes_two(tmp_path, strategy):
     launched = torchrun(tmp_path / "one-two", "full", "2", "1", strategy, "8")
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert_same_training(tmp_path / "whole", tmp_path / "one-two", "full", strategy)
+
+
+def test_two_nodes_train_as_one_process(tmp_path):
+    """Two launchers (`--nnodes 2`, one worker each) meet at a c10d rendezvous on
+    127.0.0.1, as two machines would."""
+    rendezvous = ("--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+                  "--rdzv-id=two-nodes")
+    nodes = [subprocess.Popen(launcher(tmp_path / "two", "full", "2", "1", "ddp", "0",
+                                       rendezvous=rendezvous, nproc=1),
+                              env=loopback_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=LAUNCH_SECONDS) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:]
+    train(tmp_path / "one", "full", batch_size=4, grad_accum=1)
+    assert_same_training(tmp_path / "one", tmp_path / "two", "full", "ddp")
 
 
 def test_shards_are_disjoint_and_make_the_global_batch():
