@@ -40,6 +40,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 LOSS_ON = ("assistant", "all", "last_assistant")
 METHODS = ("full", "lora", "dora")
+STRATEGIES = ("auto", "ddp", "fsdp")
 BASE_DTYPES = ("fp32", "bf16", "int8", "nf4", "gguf")
 
 #: Recipe defaults a model preset brings, applied before the config file and the overrides.
@@ -145,7 +146,15 @@ class TrainConfig:
     step_in_backward: bool = True
     """Update each parameter during backward as soon as its gradient is ready, then free the
     gradient (a weight-sized copy less in memory; the same updates). Used only when a step is
-    one batch without clipping (grad_accum 1, grad_clip 0); otherwise the usual step."""
+    one batch without clipping (grad_accum 1, grad_clip 0) in one process; otherwise the
+    usual step."""
+    strategy: str = "auto"
+    """On several processes (`torchrun`, or `sftkit train --nproc N`): `ddp` (a whole copy of
+    the model on every rank), `fsdp` (FSDP2: each rank holds a shard of every weight, gradient
+    and optimizer state; for models that do not fit one device) or `auto` (= `ddp`).
+    `batch_size` is per rank: N ranks take the global batch one process would take with
+    N x batch_size, and the updates are the same. Under `fsdp`, checkpoints are sharded and
+    no sample answer is printed after each epoch. Ignored in one process."""
     activation_checkpointing: bool = False
     """Keep only each block's input and recompute the rest in backward: much less activation
     memory for about a third more compute."""
@@ -164,6 +173,7 @@ class TrainConfig:
         _require(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
         _require(0 <= self.drop_rate < 1, "train.drop_rate must be in [0, 1)")
         _require(self.method in METHODS, f"train.method must be one of {METHODS}")
+        _require(self.strategy in STRATEGIES, f"train.strategy must be one of {STRATEGIES}")
 
 
 @dataclass

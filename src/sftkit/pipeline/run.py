@@ -23,6 +23,7 @@ from sftkit.pipeline.judging import stage_judge
 from sftkit.pipeline.prepare import stage_prepare
 from sftkit.pipeline.report import stage_report
 from sftkit.pipeline.train import stage_train
+from sftkit.training import distributed
 
 Stage = Callable[[RunContext], Any]
 STAGES: tuple[Stage, ...] = (stage_prepare, stage_baseline, stage_train, stage_generate,
@@ -37,20 +38,34 @@ def start(context: RunContext) -> None:
 
 
 def run_stages(context: RunContext, stages: Sequence[Stage]) -> dict[str, Any]:
-    """`start`, then every stage of `stages` after prepare; the last result a stage returned."""
-    start(context)
+    """`start`, then every stage of `stages` after prepare; the last result a stage returned.
+
+    On several processes (torchrun), rank 0 prepares first and the others then find the data
+    prepared; they all train, and rank 0 alone runs the other stages (the others end after
+    training) and logs."""
+    distributed.setup(context.config.train.device)
+    main = distributed.is_main()
+    if not main:
+        context.log = _silent
+    with distributed.main_first():
+        start(context)
     result: dict[str, Any] = {}
     for stage in stages:
-        if stage is not stage_prepare:
+        if stage is not stage_prepare and (main or stage is stage_train):
             result = stage(context) or result
     return result
+
+
+def _silent(message: str) -> None:
+    """The log of a rank other than 0: rank 0 says it."""
 
 
 def run_pipeline(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage that is not complete yet; return the evaluation summary."""
     context = RunContext(config, log=log)
-    log(f"run directory: {context.run_dir}")
+    if distributed.is_main():
+        log(f"run directory: {context.run_dir}")
     started = time.perf_counter()
     result = run_stages(context, STAGES)
-    log(f"done in {time.perf_counter() - started:.0f} s: {context.run_dir}")
+    context.log(f"done in {time.perf_counter() - started:.0f} s: {context.run_dir}")
     return result

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from sftkit.pipeline.context import RunContext
+from sftkit.training import distributed
 
 if TYPE_CHECKING:
     from sftkit.training.loop import TrainResult
@@ -27,6 +28,9 @@ def stage_train(context: RunContext) -> None:
         return
     loaded = context.model()
     result = _fit(context)
+    if not distributed.is_main():
+        return  # rank 0 saves the model and runs the stages after training
+    loaded = context.loaded_model  # FSDP: rebuilt whole (`_fit`)
     progress = result.progress
     context.timings["train_s"] = round(progress.train_seconds, 1)
     context.timings["train_supervised_tokens_per_s"] = round(
@@ -112,4 +116,17 @@ def _fit(context: RunContext) -> TrainResult:
     result = trainer.fit()
     if result.status != "completed":
         raise KeyboardInterrupt
+    weights = trainer.gather_weights()
+    if weights is not None:  # FSDP: rank 0 rebuilds the whole model from the shards
+        _rebuild(context, weights)
     return result
+
+
+def _rebuild(context: RunContext, weights: dict[str, torch.Tensor]) -> None:
+    """Load the model (and its adapters) afresh with the trained `weights` of every rank."""
+    from sftkit.peft.setup import adapt_for_training
+
+    context.loaded = None
+    model = context.model().model
+    adapt_for_training(model, context.config.train, context.config.lora)
+    model.load_state_dict(weights)

@@ -73,21 +73,41 @@ def save_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
                     keep: int = 2) -> Path:
     """Write a checkpoint for `progress.step`; keep the newest `keep` of them."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{progress.step:06d}"
-    final = checkpoints_dir / name
+    final = checkpoint_path(checkpoints_dir, progress.step)
+    name = final.name
     with atomic_directory(final) as staging:
         save_weights(model, staging / WEIGHTS)
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "progress": asdict(progress),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        torch.save(state, staging / "trainer_state.pt")
+        save_trainer_state(staging, progress, optimizer.state_dict())
+    publish_checkpoint(checkpoints_dir, name, keep)
+    return final
+
+
+def save_trainer_state(directory: Path, progress: TrainProgress,
+                       optimizer_state: dict[str, Any]) -> None:
+    """`trainer_state.pt`: the optimizer state, progress and RNG states."""
+    state = {
+        "optimizer": optimizer_state,
+        "progress": asdict(progress),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save(state, directory / "trainer_state.pt")
+
+
+def publish_checkpoint(checkpoints_dir: Path, name: str, keep: int) -> None:
+    """Point `latest` at the complete checkpoint `name`; keep the newest `keep`."""
     write_text_atomic(checkpoints_dir / "latest", name + "\n")
     for old in checkpoints_newest_first(checkpoints_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def checkpoint_path(checkpoints_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` goes.
+
+    >>> checkpoint_path(Path("checkpoints"), 12).as_posix()
+    'checkpoints/step-000012'
+    """
+    return checkpoints_dir / f"step-{step:06d}"
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
@@ -132,13 +152,16 @@ def remove_stale_staging(checkpoints_dir: Path) -> list[Path]:
 
 def load_newest_checkpoint(checkpoints_dir: Path, model: torch.nn.Module,
                            optimizer: OptimizerLike | None,
-                           log: Callable[[str], None]) -> tuple[Path, TrainProgress] | None:
-    """Restore the newest checkpoint that loads, logging each newer one skipped and why;
-    None when there is none. Raises `SftkitError` when there are some but none loads."""
+                           log: Callable[[str], None],
+                           load: Callable[..., TrainProgress] | None = None,
+                           ) -> tuple[Path, TrainProgress] | None:
+    """Restore the newest checkpoint that loads (with `load(path, model, optimizer)`,
+    `load_checkpoint` by default), logging each newer one skipped and why; None when there
+    is none. Raises `SftkitError` when there are some but none loads."""
     failures = []
     for path in checkpoints_newest_first(checkpoints_dir):
         try:
-            return path, load_checkpoint(path, model, optimizer)
+            return path, (load or load_checkpoint)(path, model, optimizer)
         except SftkitError as error:
             log(f"skipping checkpoint {path.name}: {error}")
             failures.append(str(error))
@@ -155,14 +178,19 @@ def load_checkpoint(path: Path, model: torch.nn.Module,
     The trainer state is read and checked before anything is restored; a damaged or foreign
     file is a `SftkitError` naming it (the model may then hold part of it: load another).
     """
-    state = _read_trainer_state(path / "trainer_state.pt")
+    state = read_trainer_state(path / "trainer_state.pt")
     load_weights(model, path / WEIGHTS)
     if optimizer is not None:
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, ValueError, RuntimeError) as error:
             raise SftkitError(f"{path / 'trainer_state.pt'}: the optimizer state does not fit "
-                              f"this model ({_first_line(error)})") from None
+                              f"this model ({first_line(error)})") from None
+    return restore_trainer_state(state)
+
+
+def restore_trainer_state(state: dict[str, Any]) -> TrainProgress:
+    """Restore the RNG states of a trainer state; return its progress."""
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -195,7 +223,7 @@ def load_weights(model: torch.nn.Module, file: Path) -> None:
             return
         tensors = load_file(str(file))
     except (OSError, RuntimeError, SafetensorError) as error:
-        raise SftkitError(f"{file}: cannot be loaded ({_first_line(error)})") from None
+        raise SftkitError(f"{file}: cannot be loaded ({first_line(error)})") from None
     mismatch = _shape_mismatch(tensors, trainable)
     if mismatch:
         raise SftkitError(f"{file}: its trainable parameters do not match the model's "
@@ -219,7 +247,7 @@ def _shape_mismatch(found: dict[str, torch.Tensor], wanted: dict[str, torch.Tens
     return "; ".join(parts)
 
 
-def _read_trainer_state(file: Path) -> dict[str, Any]:
+def read_trainer_state(file: Path) -> dict[str, Any]:
     """`trainer_state.pt` as tensors and plain values (no code is ever run), checked."""
     try:
         state = torch.load(file, weights_only=True, map_location="cpu")
@@ -229,7 +257,7 @@ def _read_trainer_state(file: Path) -> dict[str, Any]:
                           "holds objects other than tensors and plain values: refused, "
                           "nothing in it was run)") from None
     except (OSError, RuntimeError, EOFError) as error:
-        raise SftkitError(f"{file}: cannot be read ({_first_line(error)})") from None
+        raise SftkitError(f"{file}: cannot be read ({first_line(error)})") from None
     expected = {"optimizer", "progress", "torch_rng", "cuda_rng"}
     if not isinstance(state, dict) or not expected <= state.keys():
         raise SftkitError(f"{file}: not a trainer state written by sftkit (expected a dict "
@@ -241,6 +269,6 @@ def _read_trainer_state(file: Path) -> dict[str, Any]:
     return state
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

@@ -49,21 +49,32 @@ from sftkit.data.packing import PackedBatch, make_packed_loader
 from sftkit.device import autocast, pick_device, pick_precision
 from sftkit.errors import SftkitError
 from sftkit.models.base import DecoderModel
+from sftkit.training import distributed
 from sftkit.training.checkpointing import (
     TrainProgress,
+    checkpoint_path,
     latest_checkpoint,
+    load_checkpoint,
     load_newest_checkpoint,
     remove_stale_staging,
     save_checkpoint,
 )
 from sftkit.training.interrupts import deferred_interrupts
-from sftkit.training.loss import mean_loss
+from sftkit.training.loss import loss_total
 from sftkit.training.optim import OptimizerLike
 from sftkit.training.plots import plot_losses
+from sftkit.training.replicas import LossModel, replicate
 from sftkit.training.schedule import LRSchedule
+from sftkit.training.sharded import (
+    gather_full_weights,
+    is_sharded,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 from sftkit.training.steps import (
     InBackwardStep,
     NonFiniteLoss,
+    StepStats,
     make_step,
     use_sparse_embedding_gradient,
 )
@@ -131,39 +142,52 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.files = TrainingFiles.in_directory(self.run_dir)
-        self.device = pick_device(config.device)
+        # On several processes (torchrun), this rank's device; every rank reads its share
+        # of the global batch (batch_size per rank) and rank 0 alone writes files.
+        self.world = distributed.world()
+        self.device = distributed.setup(config.device) or pick_device(config.device)
         self.precision = pick_precision(self.device, config.precision)
         self.model = model.to(self.device)
         self.sample_fn = sample_fn
         self.log = log
-        self.progress_bar = progress_bar
+        self.progress_bar = progress_bar and self.world.is_main
+        global_batch = config.batch_size * self.world.size
         if packing:
             if max_length is None:
                 raise SftkitError("packing needs a row length: data.max_length")
-            loader = functools.partial(make_packed_loader, batch_size=config.batch_size,
+            loader = functools.partial(make_packed_loader, batch_size=global_batch,
                                        row_length=max_length, mask_prompt=config.mask_prompt,
                                        seed=config.seed)
-            self.train_loader = loader(train_data, shuffle=True, drop_last=True)
+            train_loader = loader(train_data, shuffle=True, drop_last=True)
         else:
-            loader = functools.partial(make_loader, batch_size=config.batch_size,
+            loader = functools.partial(make_loader, batch_size=global_batch,
                                        allowed_max_length=max_length,
                                        mask_prompt=config.mask_prompt, seed=config.seed)
-            self.train_loader = loader(train_data, shuffle=True, drop_last=True,
-                                       group_by_length=config.group_by_length)
-        self.train_eval_loader = loader(train_data, shuffle=False)
-        self.val_loader = loader(val_data, shuffle=False)
-        self.sampler: EpochBatchSampler = self.train_loader.batch_sampler  # type: ignore[assignment]
+            train_loader = loader(train_data, shuffle=True, drop_last=True,
+                                  group_by_length=config.group_by_length)
+        self.train_loader, self.train_eval_loader, self.val_loader = (
+            distributed.shard_loader(data, self.world)
+            for data in (train_loader, loader(train_data, shuffle=False),
+                         loader(val_data, shuffle=False)))
+        self.sampler: EpochBatchSampler | distributed.ShardedBatchSampler = \
+            self.train_loader.batch_sampler  # type: ignore[assignment]
         self.micro_batches_per_epoch = len(self.sampler)
         if self.micro_batches_per_epoch == 0:
             raise SftkitError(f"the training split has {len(train_data)} examples, fewer than "
-                              f"one batch of {config.batch_size}")
+                              f"one batch of {global_batch}")
         self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / config.grad_accum)
         total = config.epochs * self.steps_per_epoch
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         self.schedule = LRSchedule(config.lr, self.total_steps, config.warmup_steps,
                                    config.schedule, config.min_lr_ratio)
-        use_sparse_embedding_gradient(self.model)
-        self.strategy = make_step(self.model, config, self.device, self.precision)
+        replica = None
+        if self.world.is_distributed:
+            replica = replicate(self.model, config.strategy, self.device)
+        else:  # DDP expects a sparse gradient of an embedding whose tied gradient is dense
+            use_sparse_embedding_gradient(self.model)
+        self.strategy = make_step(self.model, config, self.device, self.precision, replica)
+        self.replica = replica
+        self._replica_loss = replica.loss_sum if replica is not None else None
         self.model.activation_checkpointing = config.activation_checkpointing
         self.last_record: dict[str, Any] | None = None
         self._saved: tuple[int, Path] | None = None  # the step this trainer last saved
@@ -172,6 +196,17 @@ class Trainer:
     def optimizer(self) -> OptimizerLike:
         """The strategy's optimizer (its state is what checkpoints keep)."""
         return self.strategy.optimizer
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the ranks (FSDP2)."""
+        return self.replica is not None and self.replica.strategy == "fsdp"
+
+    def gather_weights(self) -> dict[str, torch.Tensor] | None:
+        """A sharded model's whole weights, on rank 0 (None elsewhere, and when the model is
+        not sharded: it holds them). Every rank calls it."""
+        return gather_full_weights(self.replica.wrapped) \
+            if self.replica is not None and self.sharded else None
 
     @property
     def step_in_backward(self) -> bool:
@@ -207,7 +242,8 @@ class Trainer:
             return self._interrupted(progress)
         bar.close()
         path = self._save(progress)
-        plot_losses(self.read_metrics(), self.files.loss_plot)
+        if self.world.is_main:
+            plot_losses(self.read_metrics(), self.files.loss_plot)
         row = self.last_record
         return TrainResult("completed", progress, row["train_loss"] if row else None,
                            row["val_loss"] if row else None, path)
@@ -215,10 +251,12 @@ class Trainer:
     def _start(self, resume: bool) -> TrainProgress:
         """Progress from the newest checkpoint that loads (or from scratch); the curves start
         with the untrained model."""
-        remove_stale_staging(self.checkpoints_dir)
+        with distributed.main_first():
+            if self.world.is_main:
+                remove_stale_staging(self.checkpoints_dir)
         progress = self._resume() if resume else None
         if progress is None:
-            if resume:
+            if resume and self.world.is_main:
                 self.metrics_path.unlink(missing_ok=True)
             torch.manual_seed(self.config.seed)
             progress = TrainProgress()
@@ -229,15 +267,30 @@ class Trainer:
 
     def _resume(self) -> TrainProgress | None:
         found = load_newest_checkpoint(self.checkpoints_dir, self.model, self.optimizer,
-                                       self.log)
+                                       self.log, load=self._load_checkpoint)
         if found is None:
             return None
         checkpoint, progress = found
         self.log(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})")
-        if self.metrics_path.exists():
+        if self.metrics_path.exists() and self.world.is_main:
             kept = [row for row in self.read_metrics() if row["step"] <= progress.step]
             self.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         return progress
+
+    def _load_checkpoint(self, path: Path, model: DecoderModel, optimizer: OptimizerLike
+                         ) -> TrainProgress:
+        """A checkpoint of either format: one process's (DDP's too), or FSDP's sharded one,
+        resharded for this world."""
+        if not is_sharded(path):
+            if self.sharded:
+                raise SftkitError(f"{path}: written by one process or DDP; train.strategy="
+                                  "fsdp resumes only from sharded checkpoints")
+            return load_checkpoint(path, model, optimizer)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise SftkitError(f"{path}: a sharded checkpoint (train.strategy=fsdp) resumes "
+                              "in one process with train.step_in_backward=false")
+        module = self.replica.wrapped if self.replica and self.sharded else LossModel(model)
+        return load_sharded_checkpoint(path, module, optimizer)
 
     def _steps_of_epoch(self, progress: TrainProgress) -> Iterator[list[Batch | PackedBatch]]:
         """The micro-batches of each remaining step of the current epoch, `grad_accum` at a
@@ -245,18 +298,35 @@ class Trainer:
         self.sampler.set_epoch(progress.epoch, skip=progress.batches_into_epoch)
         batches = iter(self.train_loader)
         while micro_batches := list(itertools.islice(batches, self.config.grad_accum)):
-            if sum(batch.supervised_tokens for batch in micro_batches) == 0:
+            if self._step_tokens(micro_batches) == 0:
                 progress.batches_into_epoch += len(micro_batches)
                 continue
             yield micro_batches
+
+    def _step_tokens(self, micro_batches: list[Batch | PackedBatch]) -> int:
+        """The supervised tokens of a step: of every rank's micro-batches (all-reduced)."""
+        local = sum(batch.supervised_tokens for batch in micro_batches)
+        if not self.world.is_distributed:
+            return local
+        return int(distributed.all_reduce_sum([local], self._reduce_device)[0])
+
+    @property
+    def _reduce_device(self) -> torch.device | None:
+        """Where collectives put their tensors: NCCL's need the GPU."""
+        return self.device if self.device.type == "cuda" else None
 
     def _step(self, micro_batches: list[Batch | PackedBatch], progress: TrainProgress) -> float:
         """One optimizer step, counted in `progress`; returns its mean token loss."""
         started = time.perf_counter()
         try:
-            stats = self.strategy(micro_batches, lr=self.schedule(progress.step))
+            stats = self.strategy(micro_batches, lr=self.schedule(progress.step),
+                                  step_tokens=self._step_tokens(micro_batches))
         except NonFiniteLoss as error:
             raise self._non_finite_error(error, progress) from None
+        if self.world.is_distributed:  # the step of every rank's micro-batches
+            loss, tokens, examples = distributed.all_reduce_sum(
+                [stats.loss, stats.tokens, stats.examples], self._reduce_device)
+            stats = StepStats(loss, int(tokens), int(examples), stats.supervised_tokens)
         progress.step += 1
         progress.batches_into_epoch += len(micro_batches)
         progress.tokens_seen += stats.tokens
@@ -284,8 +354,15 @@ class Trainer:
         written it (the periodic save at the last step, or an interrupt right after one)."""
         if self._saved is not None and self._saved[0] == progress.step:
             return self._saved[1]
-        path = save_checkpoint(self.checkpoints_dir, self.model, self.optimizer, progress,
-                               self.config.keep_checkpoints)
+        if self.replica is not None and self.sharded:
+            path = save_sharded_checkpoint(self.checkpoints_dir, self.replica.wrapped,
+                                           self.optimizer,  # type: ignore[arg-type]
+                                           progress, self.config.keep_checkpoints)
+        elif self.world.is_main:  # DDP: every rank holds the same weights and optimizer state
+            path = save_checkpoint(self.checkpoints_dir, self.model, self.optimizer, progress,
+                                   self.config.keep_checkpoints)
+        else:
+            path = checkpoint_path(self.checkpoints_dir, progress.step)
         self._saved = (progress.step, path)
         return path
 
@@ -309,16 +386,22 @@ class Trainer:
                            "lower learning rate, gradient clipping (train.grad_clip) or fp32")
 
     def evaluate(self) -> tuple[float, float]:
-        """(train loss, validation loss) per supervised token over `eval_batches` batches."""
+        """(train loss, validation loss) per supervised token over `eval_batches` batches
+        (of the global batch size: every rank's share, summed)."""
         self.model.eval()
         try:
-            train, val = (mean_loss(self.model, loader, max_batches=self.config.eval_batches,
-                                    device=self.device,
-                                    autocast=autocast(self.device, self.precision))
-                          for loader in (self.train_eval_loader, self.val_loader))
+            totals = [value for loader in (self.train_eval_loader, self.val_loader)
+                      for value in loss_total(self.model, loader,
+                                              max_batches=self.config.eval_batches,
+                                              device=self.device,
+                                              autocast=autocast(self.device, self.precision),
+                                              loss_sum=self._replica_loss)]
         finally:
             self.model.train()
-        return train, val
+        train, train_count, val, val_count = distributed.all_reduce_sum(
+            totals, self._reduce_device)
+        return (train / train_count if train_count else float("nan"),
+                val / val_count if val_count else float("nan"))
 
     def _record(self, progress: TrainProgress, lr: float) -> dict[str, Any]:
         """Estimate the losses and append them, with the progress, to `metrics.jsonl`."""
@@ -335,14 +418,17 @@ class Trainer:
             "supervised_tokens_per_s": round(
                 progress.supervised_tokens / max(progress.train_seconds, 1e-9), 1),
         }
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.metrics_path.open("a") as file:
-            file.write(json.dumps(row) + "\n")
+        if self.world.is_main:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.metrics_path.open("a") as file:
+                file.write(json.dumps(row) + "\n")
         self.last_record = row
         return row
 
     def _sample(self, epoch: int, bar: tqdm) -> None:
-        if not (self.config.sample_every_epoch and self.sample_fn):
+        if not (self.config.sample_every_epoch and self.sample_fn and self.world.is_main):
+            return
+        if self.sharded:  # the weights are spread over the ranks: rank 0 alone cannot answer
             return
         self.model.eval()
         try:

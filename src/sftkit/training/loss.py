@@ -25,9 +25,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypedDict
 
 import torch
@@ -199,6 +200,10 @@ class PackedArgs(TypedDict, total=False):
     document_ids: torch.Tensor
 
 
+LossSum = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""`supervised_loss_sum` of a model: (inputs, targets, **packed) -> (loss sum, count)."""
+
+
 def supervised_loss_sum(model: DecoderModel, inputs: torch.Tensor, targets: torch.Tensor,
                         **packed: Unpack[PackedArgs]) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of token losses, number of supervised tokens) for one batch; `packed` is a packed
@@ -227,12 +232,23 @@ def examples_in(batch: Batch | PackedBatch) -> int:
     return batch.examples if isinstance(batch, PackedBatch) else batch.inputs.shape[0]
 
 
-@torch.no_grad()
 def mean_loss(model: DecoderModel, batches: Iterable[Batch | PackedBatch],
               max_batches: int | None = None, device: torch.device | None = None,
               autocast=None) -> float:
     """Mean loss per supervised token over (up to `max_batches` of) `batches` (plain or
     packed)."""
+    total, count = loss_total(model, batches, max_batches, device, autocast)
+    return total / count if count else float("nan")
+
+
+@torch.no_grad()
+def loss_total(model: DecoderModel, batches: Iterable[Batch | PackedBatch],
+               max_batches: int | None = None, device: torch.device | None = None,
+               autocast=None, loss_sum: LossSum | None = None) -> tuple[float, int]:
+    """(sum of token losses, supervised tokens) over (up to `max_batches` of) `batches`;
+    `loss_sum` computes a batch's (a model wrapped for several processes), by default
+    `supervised_loss_sum` on `model`."""
+    loss_sum = loss_sum or functools.partial(supervised_loss_sum, model)
     total = 0.0
     count = 0
     for index, batch in enumerate(batches):
@@ -240,8 +256,7 @@ def mean_loss(model: DecoderModel, batches: Iterable[Batch | PackedBatch],
             break
         inputs, targets = batch.inputs.to(device), batch.targets.to(device)
         with autocast or contextlib.nullcontext():
-            loss, tokens = supervised_loss_sum(model, inputs, targets,
-                                               **packed_layout(batch, device))
+            loss, tokens = loss_sum(inputs, targets, **packed_layout(batch, device))
         total += float(loss)
         count += int(tokens)
-    return total / count if count else float("nan")
+    return total, count

@@ -48,6 +48,7 @@ from sftkit.models.base import DecoderModel
 from sftkit.training.allocator import keep_large_blocks_mapped
 from sftkit.training.loss import examples_in, packed_layout, supervised_loss_sum
 from sftkit.training.optim import BackwardStepAdamW, OptimizerLike, make_optimizer
+from sftkit.training.replicas import Replica
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class TrainingStep:
     """What every strategy shares: the learning rate, the micro-batch loop and `torn`."""
 
     optimizer: OptimizerLike
+    replica: Replica | None = None
+    """The model wrapped for several processes (`sftkit.training.replicas`); None in one."""
 
     def __init__(self, model: DecoderModel, optimizer: OptimizerLike, device: torch.device,
                  precision: str):
@@ -85,14 +88,20 @@ class TrainingStep:
         self.torn = False
         """True when a step stopped while the weights were changing (half-updated)."""
 
-    def __call__(self, micro_batches: Sequence[Batch | PackedBatch], lr: float) -> StepStats:
-        """Run one optimizer step at learning rate `lr`."""
+    def __call__(self, micro_batches: Sequence[Batch | PackedBatch], lr: float,
+                 step_tokens: int | None = None) -> StepStats:
+        """Run one optimizer step at learning rate `lr`; the losses are divided by
+        `step_tokens` (default: the micro-batches' supervised tokens; on several processes,
+        those of every rank's)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        return self._run(micro_batches)
+        if step_tokens is None:
+            step_tokens = sum(batch.supervised_tokens for batch in micro_batches)
+        return self._run(micro_batches, step_tokens)
 
-    def _run(self, micro_batches: Sequence[Batch | PackedBatch]) -> StepStats:
+    def _run(self, micro_batches: Sequence[Batch | PackedBatch], step_tokens: int
+             ) -> StepStats:
         raise NotImplementedError
 
     @contextlib.contextmanager
@@ -106,27 +115,42 @@ class TrainingStep:
     def _backward_pass(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def _backward(self, micro_batches: Sequence[Batch | PackedBatch]) -> StepStats:
+    def _backward(self, micro_batches: Sequence[Batch | PackedBatch], step_tokens: int
+                  ) -> StepStats:
         """Forward and backward over every micro-batch; the loss of each is divided by the
         step's supervised tokens, so the gradients are those of one big batch."""
-        step_tokens = sum(batch.supervised_tokens for batch in micro_batches)
         loss_total, tokens, examples = 0.0, 0, 0
-        for batch in micro_batches:
-            inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
-            with autocast(self.device, self.precision):
-                loss_sum, _ = supervised_loss_sum(self.model, inputs, targets,
-                                                  **packed_layout(batch, self.device))
-            loss_value = float(loss_sum.detach())
-            if not math.isfinite(loss_value):  # before backward, which may update weights
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLoss(loss_value)
-            self._backward_pass(loss_sum / step_tokens)
+        for index, batch in enumerate(micro_batches):
+            with self._accumulating(last=index == len(micro_batches) - 1):
+                loss_sum = self._loss_sum(batch)
+                loss_value = float(loss_sum.detach())
+                if not math.isfinite(loss_value):  # before backward, which may update weights
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise NonFiniteLoss(loss_value)
+                self._backward_pass(loss_sum / step_tokens)
             loss_total += loss_value
-            tokens += inputs.numel()
+            tokens += batch.inputs.numel()
             examples += examples_in(batch)
             if self.device.type == "mps":
                 torch.mps.empty_cache()
         return StepStats(loss_total / step_tokens, tokens, examples, step_tokens)
+
+    def _loss_sum(self, batch: Batch | PackedBatch) -> torch.Tensor:
+        """The micro-batch's summed token loss (through the replica on several processes)."""
+        inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+        with autocast(self.device, self.precision):
+            if self.replica is None:
+                loss_sum, _ = supervised_loss_sum(self.model, inputs, targets,
+                                                  **packed_layout(batch, self.device))
+            else:
+                loss_sum, _ = self.replica.loss_sum(inputs, targets,
+                                                    **packed_layout(batch, self.device))
+        return loss_sum
+
+    def _accumulating(self, last: bool) -> contextlib.AbstractContextManager[None]:
+        """Gradients stay on this rank until the step's last micro-batch."""
+        return contextlib.nullcontext() if self.replica is None \
+            else self.replica.accumulating(last)
 
 
 class PlainStep(TrainingStep):
@@ -145,8 +169,9 @@ class PlainStep(TrainingStep):
     def _backward_pass(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def _run(self, micro_batches: Sequence[Batch | PackedBatch]) -> StepStats:
-        stats = self._backward(micro_batches)
+    def _run(self, micro_batches: Sequence[Batch | PackedBatch], step_tokens: int
+             ) -> StepStats:
+        stats = self._backward(micro_batches, step_tokens)
         with self._updating_weights():
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer)
@@ -167,12 +192,13 @@ class InBackwardStep(TrainingStep):
                  device: torch.device, precision: str):
         super().__init__(model, optimizer, device, precision)
 
-    def _run(self, micro_batches: Sequence[Batch | PackedBatch]) -> StepStats:
+    def _run(self, micro_batches: Sequence[Batch | PackedBatch], step_tokens: int
+             ) -> StepStats:
         if len(micro_batches) != 1:
             raise ValueError("stepping in backward is exact only for one micro-batch a step")
         self.optimizer.attach()
         try:
-            return self._backward(micro_batches)
+            return self._backward(micro_batches, step_tokens)
         finally:  # outside a step, a backward pass on the model must not train it
             self.optimizer.detach()
 
@@ -181,9 +207,14 @@ class InBackwardStep(TrainingStep):
             loss.backward()
 
 
-def _in_backward_obstacle(config: TrainConfig, device: torch.device, precision: str
-                         ) -> str | None:
-    """Why `config.step_in_backward` cannot be honoured exactly, or None when it can."""
+def _in_backward_obstacle(config: TrainConfig, device: torch.device, precision: str,
+                          replica: Replica | None = None) -> str | None:
+    """Why `config.step_in_backward` cannot be honoured exactly, or None when it can.
+    On several processes, a weight's gradient is complete only once it is summed across
+    ranks, after its whole bucket of gradients is ready: stepping in the backward hook would
+    update it from this rank's part alone."""
+    if replica is not None:
+        return f"training runs on several processes ({replica.strategy})"
     if config.grad_accum != 1:
         return f"train.grad_accum is {config.grad_accum}"
     if config.grad_clip:
@@ -208,7 +239,7 @@ def _few_trainable(model: DecoderModel) -> bool:
 
 
 def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
-              precision: str) -> TrainingStep:
+              precision: str, replica: Replica | None = None) -> TrainingStep:
     """The strategy for `config`: in-backward where it is exact, asked for, and most of the
     model trains (not for adapters: `_few_trainable`), else plain.
     Training adapters on the CPU, glibc's malloc is told to return freed activations to the
@@ -218,7 +249,7 @@ def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
     few_trainable = _few_trainable(model)
     if device.type == "cpu" and few_trainable:
         keep_large_blocks_mapped()
-    reason = _in_backward_obstacle(config, device, precision)
+    reason = _in_backward_obstacle(config, device, precision, replica)
     in_backward = config.step_in_backward and reason is None and not few_trainable
     if config.step_in_backward and reason is not None:
         logger.info("train.step_in_backward is on, but %s: AdamW steps after backward", reason)
@@ -226,7 +257,9 @@ def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
                                device=device, in_backward=in_backward)
     if isinstance(optimizer, BackwardStepAdamW):
         return InBackwardStep(model, optimizer, device, precision)
-    return PlainStep(model, optimizer, device, precision, grad_clip=config.grad_clip)
+    step = PlainStep(model, optimizer, device, precision, grad_clip=config.grad_clip)
+    step.replica = replica
+    return step
 
 
 def use_sparse_embedding_gradient(model: DecoderModel) -> None:

@@ -1,0 +1,133 @@
+"""Sharded checkpoints for FSDP2 (`train.strategy = "fsdp"`), with `torch.distributed.
+checkpoint`: every rank writes its own shards of the weights and of the optimizer state.
+
+A sharded checkpoint is the usual `checkpoints/step-NNNNNN/` directory, atomic the usual way
+(written under a staging name that rank 0 renames once every rank's part is in, then
+`latest` points at it), holding `sharded/` (DCP's files) and `trainer_state.pt` (progress
+and RNG states; the optimizer state is in the shards). DCP reshards on load, so a run resumes
+on another number of processes, or in one (`load_sharded_checkpoint` needs no process
+group): the state is keyed by the parameters' names in a `LossModel`.
+
+Example (one process, a plain model):
+    >>> import tempfile
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> from sftkit.training.checkpointing import TrainProgress
+    >>> from sftkit.training.replicas import LossModel
+    >>> config = ModelConfig.from_name("gpt2", n_layers=1, emb_dim=16, n_heads=2,
+    ...                                vocab_size=50)
+    >>> model, copy = build_model(config), build_model(config)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = save_sharded_checkpoint(Path(tmp), LossModel(model), None,
+    ...                                    TrainProgress(step=3))
+    ...     progress = load_sharded_checkpoint(path, LossModel(copy))
+    ...     sharded = is_sharded(path)
+    >>> progress.step, sharded, bool(torch.equal(copy.lm_head.weight, model.lm_head.weight))
+    (3, True, True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from sftkit.errors import SftkitError
+from sftkit.io import atomic_directory
+from sftkit.training import distributed
+from sftkit.training.checkpointing import (
+    TrainProgress,
+    checkpoint_path,
+    first_line,
+    publish_checkpoint,
+    read_trainer_state,
+    restore_trainer_state,
+    save_trainer_state,
+)
+
+SHARDS = "sharded"
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether the checkpoint at `path` is a sharded one."""
+    return (path / SHARDS).is_dir()
+
+
+def _state(module: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    state: dict[str, Any] = {"model": get_model_state_dict(module)}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(module, optimizer)
+    return state
+
+
+def save_sharded_checkpoint(checkpoints_dir: Path, module: nn.Module,
+                            optimizer: torch.optim.Optimizer | None, progress: TrainProgress,
+                            keep: int = 2) -> Path:
+    """Every rank writes its shards of `module` (a `LossModel`, sharded or not) and of the
+    optimizer state into the checkpoint of `progress.step`; rank 0 puts it in place. All
+    ranks call it; all return once it is complete."""
+    final = checkpoint_path(checkpoints_dir, progress.step)
+    state = _state(module, optimizer)
+    if distributed.is_main():
+        with atomic_directory(final) as staging:
+            _share(staging)
+            # Returns when every rank has written (its metadata is written last).
+            dcp.save(state, checkpoint_id=staging / SHARDS, no_dist=_alone())
+            save_trainer_state(staging, progress, {})
+        publish_checkpoint(checkpoints_dir, final.name, keep)
+    else:
+        dcp.save(state, checkpoint_id=_share(None) / SHARDS)
+    distributed.barrier()  # no rank reads or writes on before the checkpoint is in place
+    return final
+
+
+def _alone() -> bool:
+    """Whether this process has no process group (DCP then reads and writes alone)."""
+    return not (dist.is_available() and dist.is_initialized())
+
+
+def _share(staging: Path | None) -> Path:
+    """Rank 0's staging directory, on every rank."""
+    shared: list[Any] = [staging]
+    if not _alone():
+        dist.broadcast_object_list(shared, src=0)
+    return Path(shared[0])
+
+
+def load_sharded_checkpoint(path: Path, module: nn.Module,
+                            optimizer: torch.optim.Optimizer | None = None) -> TrainProgress:
+    """Restore `module` (a `LossModel`) and the optimizer from the sharded checkpoint at
+    `path`, on any number of processes; return its progress. A checkpoint that does not fit
+    is a `SftkitError` naming it."""
+    trainer_state = read_trainer_state(path / "trainer_state.pt")
+    state = _state(module, optimizer)
+    try:
+        dcp.load(state, checkpoint_id=path / SHARDS, no_dist=_alone())
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise SftkitError(f"{path / SHARDS}: cannot be loaded into this model "
+                          f"({first_line(error)})") from None
+    set_model_state_dict(module, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(module, optimizer, state["optimizer"])
+    return restore_trainer_state(trainer_state)
+
+
+def gather_full_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole weights of `module` (a sharded `LossModel`), by the model's own parameter
+    names, on rank 0 (in CPU memory); None on the other ranks. Every rank calls it."""
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    if not distributed.is_main():
+        return None
+    return {name.removeprefix("model."): tensor for name, tensor in full.items()
+            if isinstance(tensor, torch.Tensor)}
