@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,9 @@ from torch import nn
 
 from sftkit.peft.fused import lora_linear
 from sftkit.peft.quantized import QuantizedLinear
+
+if TYPE_CHECKING:
+    from sftkit.peft.shared_input import SharedInput
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(spec.r, self.in_features, device=device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, spec.r, device=device))
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
+        #: Siblings reading the same input, computed together (`sftkit.peft.shared_input`).
+        self.shared_input: SharedInput | None = None
         self.reset_adapter()
 
     def reset_adapter(self) -> None:
@@ -143,6 +148,10 @@ class LoRALinear(nn.Module):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared_input is not None:
+            shared = self.shared_input.output(self, x)
+            if shared is not None:
+                return shared
         fused_base = self._fused_base(x)
         if fused_base is not None:
             # The same sum as one autograd step, without extra passes over the activations
