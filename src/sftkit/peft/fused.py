@@ -81,6 +81,16 @@ def _block_diagonal(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.block_diag(*tensors)
 
 
+def _scaled_mm(left: torch.Tensor, right: torch.Tensor, scale: float) -> torch.Tensor:
+    """`scale * left @ right` in one op (the scale applied inside the matmul, the same
+    result as a multiplication after it): one op less, which counts when each op waits for
+    its threads on a shared machine."""
+    return torch.addmm(_NOTHING, left, right, beta=0, alpha=scale)
+
+
+_NOTHING = torch.zeros(())  # addmm's ignored input when beta is 0
+
+
 class _SharedInputLora(torch.autograd.Function):
     """k adapters on one input and one frozen base whose output columns are the k layers'
     outputs side by side; arguments after `dropout_p`: A_1..A_k, then B_1..B_k."""
@@ -93,63 +103,63 @@ class _SharedInputLora(torch.autograd.Function):
         flat = x.reshape(-1, shape[-1])
         out = _base_matmul(base, flat)
         masks = []
+        stacked_A = _rows(lora_As)
         if dropout_p:  # each adapter's draw in turn, as each layer's nn.Dropout would draw it
             masks = [torch.empty_like(flat, dtype=torch.bool).bernoulli_(1 - dropout_p)
                      for _ in lora_As]
-            down = _columns([torch.mm(flat * _dropout_scale(mask, dropout_p, flat.dtype),
-                                      lora_A.t()) for mask, lora_A in zip(masks, lora_As)])
+            down = _columns([_scaled_mm(flat * _dropout_scale(mask, dropout_p, flat.dtype),
+                                        lora_A.t(), scaling)
+                             for mask, lora_A in zip(masks, lora_As)])
         else:  # one matmul for every adapter's A
-            down = torch.mm(flat, _rows(lora_As).t())
-        down.mul_(scaling)
+            down = _scaled_mm(flat, stacked_A.t(), scaling)
         stacked_B = _block_diagonal(lora_Bs)
         out.addmm_(down, stacked_B.t())
-        ctx.base, ctx.scaling, ctx.dropout_p, ctx.count = base, scaling, dropout_p, count
-        ctx.save_for_backward(flat, down, stacked_B, *masks, *lora_As, *lora_Bs)
-        outputs, start = [], 0
-        for lora_B in lora_Bs:
-            size = lora_B.shape[0]
-            outputs.append(out[:, start:start + size].view(*shape[:-1], size))
-            start += size
-        return tuple(outputs)
+        ctx.base, ctx.scaling, ctx.dropout_p = base, scaling, dropout_p
+        ctx.save_for_backward(flat, down, stacked_A, stacked_B, *masks)
+        ctx.sizes = [lora_B.shape[0] for lora_B in lora_Bs]
+        return tuple(part.view(*shape[:-1], size)
+                     for part, size in zip(out.split(ctx.sizes, dim=1), ctx.sizes))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grad_outputs):
-        count, scaling, dropout_p = ctx.count, ctx.scaling, ctx.dropout_p
-        flat, down, stacked_B, *rest = ctx.saved_tensors
-        masks = rest[:-2 * count]
-        lora_As, lora_Bs = rest[-2 * count:-count], rest[-count:]
+        sizes, scaling, dropout_p = ctx.sizes, ctx.scaling, ctx.dropout_p
+        count = len(sizes)
+        flat, down, stacked_A, stacked_B, *masks = ctx.saved_tensors
         grad = _columns([g.reshape(-1, g.shape[-1]) for g in grad_outputs])
-        grad_down = torch.mm(grad, stacked_B).mul_(scaling)  # of d A^T, before the scale
+        grad_down = _scaled_mm(grad, stacked_B, scaling)  # of d A^T, before the scale
         scales = [_dropout_scale(mask, dropout_p, flat.dtype) for mask in masks]
-        rank = lora_As[0].shape[0]
+        rank = stacked_A.shape[0] // count
         need = ctx.needs_input_grad
         grad_As: list[torch.Tensor | None] = [None] * count
         grad_Bs: list[torch.Tensor | None] = [None] * count
         if any(need[4:4 + count]):
             if scales:
-                grad_As = [torch.mm(grad_down[:, i * rank:(i + 1) * rank].t(), flat * scale)
-                           for i, scale in enumerate(scales)]
+                grad_As = [torch.mm(part.t(), flat * scale)
+                           for part, scale in zip(grad_down.split(rank, dim=1), scales)]
             else:
                 grad_As = list(torch.mm(grad_down.t(), flat).split(rank))
         if any(need[4 + count:]):
-            start = 0
-            for i, lora_B in enumerate(lora_Bs):
-                size = lora_B.shape[0]
-                grad_Bs[i] = torch.mm(grad[:, start:start + size].t(),
-                                      down[:, i * rank:(i + 1) * rank])
-                start += size
+            # Every grad_out^T down block in one matmul; each B's gradient is its own block.
+            blocks = torch.mm(grad.t(), down)
+            grad_Bs = [blocks[start:start + size, i * rank:(i + 1) * rank]
+                       for i, (start, size) in enumerate(zip(_starts(sizes), sizes))]
         grad_x = None
         if need[0]:
             grad_x = _base_input_grad(ctx.base, grad)
             if scales:
-                for i, (scale, lora_A) in enumerate(zip(scales, lora_As)):
-                    grad_x.add_(torch.mm(grad_down[:, i * rank:(i + 1) * rank],
-                                         lora_A).mul_(scale))
+                for part, scale, lora_A in zip(grad_down.split(rank, dim=1), scales,
+                                               stacked_A.split(rank)):
+                    grad_x.add_(torch.mm(part, lora_A).mul_(scale))
             else:  # both paths' gradients of x, summed by the matmul
-                grad_x.addmm_(grad_down, _rows(list(lora_As)))
+                grad_x.addmm_(grad_down, stacked_A)
             grad_x = grad_x.view(*grad_outputs[0].shape[:-1], flat.shape[-1])
         return grad_x, None, None, None, *grad_As, *grad_Bs
+
+
+def _starts(sizes: list[int]) -> list[int]:
+    """Where each of the side-by-side blocks of `sizes` starts."""
+    return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 def _columns(tensors: list[torch.Tensor]) -> torch.Tensor:
