@@ -147,17 +147,24 @@ class LoRALinear(nn.Module):
             return base
         return None
 
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`base(x) + lora_path(x)` as one autograd step, without extra passes over the
+        activations and keeping x and a one-byte dropout mask for backward
+        (`sftkit.peft.fused`); None where it cannot run (`_fused_base`)."""
+        fused_base = self._fused_base(x)
+        if fused_base is None:
+            return None
+        dropout = self.spec.dropout if self.training else 0.0
+        return lora_linear(x, fused_base, self.lora_A, self.lora_B, self.scaling, dropout)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
             shared = self.shared_input.output(self, x)
             if shared is not None:
                 return shared
-        fused_base = self._fused_base(x)
-        if fused_base is not None:
-            # The same sum as one autograd step, without extra passes over the activations
-            # and keeping x and a one-byte dropout mask for backward (`sftkit.peft.fused`).
-            dropout = self.spec.dropout if self.training else 0.0
-            return lora_linear(x, fused_base, self.lora_A, self.lora_B, self.scaling, dropout)
+        fused = self.fused_forward(x)
+        if fused is not None:
+            return fused
         result = self.base(x)
         return result + self.lora_path(x).to(result.dtype)
 
