@@ -69,7 +69,7 @@ class DoRALinear(LoRALinear):
         return scaled.to(base.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.base.bias
+        bias = self.bias
         fused = self.fused_forward(x)  # W x + b + s B A dropout(x), one autograd step
         if fused is not None:
             scale = self.magnitude_scale().to(fused.dtype)
