@@ -18,6 +18,12 @@ and the mask in backward. The mask is drawn exactly as `torch.nn.Dropout` draws 
 The base is a dense frozen weight (and bias), or a quantized layer
 (`sftkit.peft.quantized.QuantizedLinear`), whose matmuls decode the weight slice by slice.
 
+Layers that read the same input (q, k and v; gate and up) go through one such step together
+(`lora_linears`, used by `sftkit.peft.shared_input`): one matmul against their frozen weights
+stacked row-wise, one for their As stacked, one for their Bs as a block-diagonal matrix, and in
+backward one input-gradient matmul for all of them. Fewer, larger matmuls: faster at these
+shapes, and on a shared machine, where every op waits for its threads, fewer waits.
+
 Example:
     >>> import torch
     >>> x = torch.randn(3, 8, requires_grad=True)
