@@ -98,3 +98,21 @@ def test_adapters_step_after_backward_with_the_in_backward_result():
         strategy([batch], lr=1e-3)
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dora_through_the_fused_step_gives_its_effective_weights_outputs_and_gradients(bias):
+    from sftkit.peft.dora import DoRALinear
+
+    torch.manual_seed(0)
+    layer = DoRALinear(torch.nn.Linear(16, 8, bias=bias), LoraSpec(r=4, alpha=8, dora=True))
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(2, 3, 16, requires_grad=True)
+    trained = [x, layer.lora_A, layer.lora_B, layer.magnitude]
+    fused = layer(x)
+    plain = torch.nn.functional.linear(x, layer.weight, layer.bias)  # the norm detached too
+    torch.testing.assert_close(fused, plain)
+    grad = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(fused, trained, grad),
+                    torch.autograd.grad(plain, trained, grad)):
+        torch.testing.assert_close(a, b)

@@ -2,7 +2,9 @@
 our models, a quantized frozen base, merging, and PEFT's file format.
 
 Start at `lora.py` (the adapter), then `dora.py` (the same with a magnitude), then
-`adapters.py` (putting them into a model and merging them back).
+`adapters.py` (putting them into a model and merging them back). `fused.py` and
+`shared_input.py` make training fast: the adapter and its frozen base as one autograd step, and
+q/k/v (gate/up) computed together.
 """
 
 from sftkit.peft.adapters import (

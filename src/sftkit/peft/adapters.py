@@ -28,6 +28,7 @@ from torch import nn
 from sftkit.models.base import DecoderModel
 from sftkit.peft.dora import DoRALinear
 from sftkit.peft.lora import LoRALinear, LoraSpec
+from sftkit.peft.shared_input import share_inputs
 
 #: Every projection a family's blocks have, by our module names.
 BLOCK_PROJECTIONS: dict[str, tuple[str, ...]] = {
@@ -120,6 +121,7 @@ def apply_lora(model: DecoderModel, spec: LoraSpec, targets: Sequence[str],
                 setattr(module, child_name, layer_class(child, spec))
                 wrapped.append(f"{module_name}.{child_name}" if module_name else child_name)
     _train_groups(model, train_modules)
+    share_inputs(model)  # q/k/v (gate/up) computed together: `sftkit.peft.shared_input`
     return wrapped
 
 

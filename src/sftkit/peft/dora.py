@@ -69,8 +69,15 @@ class DoRALinear(LoRALinear):
         return scaled.to(base.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias
+        fused = self.fused_forward(x)  # W x + b + s B A dropout(x), one autograd step
+        if fused is not None:
+            scale = self.magnitude_scale().to(fused.dtype)
+            if bias is None:
+                return fused * scale
+            # (fused - b) * scale + b, in one pass over the activations
+            return torch.addcmul(bias * (1 - scale), fused, scale)
         base_out = self.base(x)
-        bias = self.base.bias
         without_bias = base_out if bias is None else base_out - bias
         scale = self.magnitude_scale()
         adapted = without_bias + self.lora_path(x).to(base_out.dtype)

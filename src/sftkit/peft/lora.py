@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,9 @@ from torch import nn
 
 from sftkit.peft.fused import lora_linear
 from sftkit.peft.quantized import QuantizedLinear
+
+if TYPE_CHECKING:
+    from sftkit.peft.shared_input import SharedInput
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(spec.r, self.in_features, device=device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, spec.r, device=device))
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
+        #: Siblings reading the same input, computed together (`sftkit.peft.shared_input`).
+        self.shared_input: SharedInput | None = None
         self.reset_adapter()
 
     def reset_adapter(self) -> None:
@@ -142,13 +147,24 @@ class LoRALinear(nn.Module):
             return base
         return None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`base(x) + lora_path(x)` as one autograd step, without extra passes over the
+        activations and keeping x and a one-byte dropout mask for backward
+        (`sftkit.peft.fused`); None where it cannot run (`_fused_base`)."""
         fused_base = self._fused_base(x)
-        if fused_base is not None:
-            # The same sum as one autograd step, without extra passes over the activations
-            # and keeping x and a one-byte dropout mask for backward (`sftkit.peft.fused`).
-            dropout = self.spec.dropout if self.training else 0.0
-            return lora_linear(x, fused_base, self.lora_A, self.lora_B, self.scaling, dropout)
+        if fused_base is None:
+            return None
+        dropout = self.spec.dropout if self.training else 0.0
+        return lora_linear(x, fused_base, self.lora_A, self.lora_B, self.scaling, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared_input is not None:
+            shared = self.shared_input.output(self, x)
+            if shared is not None:
+                return shared
+        fused = self.fused_forward(x)
+        if fused is not None:
+            return fused
         result = self.base(x)
         return result + self.lora_path(x).to(result.dtype)
 
