@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sftkit  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch  # noqa: E402
 
+import sftkit  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch loads)
 from sftkit.generation import GenerationConfig  # noqa: E402
 from sftkit.generation.batcher import ContinuousBatcher  # noqa: E402
 from sftkit.models import Model  # noqa: E402
@@ -23,13 +23,13 @@ from sftkit.models import Model  # noqa: E402
 
 def filled_batcher(model: Model, rows: int, kv_len: int) -> ContinuousBatcher:
     """A batcher whose `rows` rows are prefilled with random prompts of about `kv_len` tokens
-    (lengths spread ±25 %, as real prompts are) and will not finish for a while."""
+    (lengths spread ±25 %, as real prompts are) and will not finish for `kv_len` steps."""
     generator = torch.Generator().manual_seed(0)
     batcher = ContinuousBatcher(model, rows)
     for row in range(rows):
         length = kv_len * 3 // 4 + row * (kv_len // 2) // max(rows - 1, 1)
         prompt = torch.randint(100, 40000, (length,), generator=generator).tolist()
-        batcher.add(prompt, GenerationConfig(max_new_tokens=10_000))
+        batcher.add(prompt, GenerationConfig(max_new_tokens=kv_len))
     batcher.step()  # the prefill (and the first decode of nothing)
     return batcher
 
