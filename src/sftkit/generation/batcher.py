@@ -37,6 +37,7 @@ import torch
 from sftkit.errors import SftkitError
 from sftkit.generation.config import GenerationConfig
 from sftkit.generation.constraints import Constraint
+from sftkit.generation.packed import packed_for_decoding
 from sftkit.generation.sampling import REPEAT_WINDOW, RowSampling, sample_row
 from sftkit.generation.stops import Decode, StopStrings, TokenCheck
 from sftkit.models import Model
@@ -86,7 +87,8 @@ class ContinuousBatcher:
     def __init__(self, model: Model, slots: int, decode: Decode | None = None) -> None:
         if slots < 1:
             raise SftkitError(f"continuous batching needs at least one slot, got {slots}")
-        self.model = model
+        # The decoding copy (oneDNN-packed linears, parameters shared): built once per batcher.
+        self.model = packed_for_decoding(model)
         self.slots = slots
         self.decode = decode
         self.device = next(model.parameters()).device

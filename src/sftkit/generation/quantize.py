@@ -4,15 +4,19 @@ pipeline's generation stages (`[generate] quantize = "int8"`, `--quantize int8`)
 `quantized_for_decoding` returns a copy of the model whose `nn.Linear` layers (every projection
 and the output head; a tied head gets its own int8 copy, the token embedding stays as it was)
 are `Int8Linear`s: int8 weights with one scale per output channel, each input row quantized to
-int8 with its own scale, an int8 matmul with int32 sums (`torch._int_mm`). At decode shapes
-(1–64 rows) this ran several times faster than the fp32 matmul on an AVX2 CPU
-(benchmarks/RESULTS.md, "Decode speed against llama.cpp"). Measured and rejected there:
-PyTorch's dynamic quantization (`quantize_dynamic`, fbgemm) was as fast but quantizes a whole
-call's input with one scale, so a row's tokens depended on its batch and greedy answers drifted
-far from fp32's; the weight-only `torch._weight_int8pack_mm` ran slower than fp32.
+int8 with its own scale, an int8 matmul with int32 sums (`torch._int_mm`).
 
-Greedy answers are not always fp32's (the benchmark reports how often they are); a row's
-tokens do not depend on what it is batched with. Off by default.
+Measured (benchmarks/RESULTS.md, "Decode speed against llama.cpp"): since fp32 decoding runs
+oneDNN-packed linears (`sftkit.generation.packed`), int8 gains much less over fp32 than it
+did over MKL's fp32 (1.5x on the book's 110 test prompts rather than 2-3x), and its greedy
+answers often differ from fp32's (17 of those 110 identical, 7 of the first 40). Rejected
+there: PyTorch's dynamic quantization (`quantize_dynamic`, fbgemm), as fast but quantizing a
+whole call's input with one scale, so a row's tokens depended on its batch; the weight-only
+`torch._weight_int8pack_mm`, 16-60x slower than fp32 at 32 rows on an AVX-512 EPYC with torch
+2.13; and a second int8 part per input row (the residual of the first, ~15-bit activations):
+17 of 40 answers identical instead of 7, but slower than packed fp32, which is exact.
+
+A row's tokens do not depend on what it is batched with. Off by default.
 
 Example (a tiny random model):
     >>> import torch
