@@ -85,11 +85,12 @@ def _hf_vocab(tokenizer: HFTokenizer) -> Vocab:
 
 def _pre_tokenizer_name(pre: dict[str, Any] | None, name: str) -> str:
     """The `tokenizer.ggml.pre` name whose split (`PRE_TOKENIZERS`) this pre-tokenizer makes."""
-    steps = (pre or {}).get("pretokenizers", [pre]) if (pre or {}).get("type") == "Sequence" \
+    pre = pre or {}
+    steps: list[dict[str, Any]] = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" \
         else [pre]
     kinds = []
     for step in steps:
-        kind = (step or {}).get("type")
+        kind = step.get("type")
         if kind == "Digits" and step.get("individual_digits"):
             kinds.append("digits")
         elif kind == "ByteLevel" and step.get("use_regex", True):

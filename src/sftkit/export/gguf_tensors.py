@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftkit.checkpoints.gguf import GGUF_TO_HF, unpermute_rope_rows
+from sftkit.checkpoints.gguf import GGUF_TO_HF
 from sftkit.checkpoints.keymaps import LLAMA_HF, KeyMap, UnknownKeyError, convert_from_ours
 from sftkit.errors import SftkitError
 from sftkit.models.base import DecoderModel
 
 LLAMA_GGUF = KeyMap(layout="GGUF", family="llama",
-                    to_ours={gguf_name: LLAMA_HF.to_ours[hf] for gguf_name, hf in GGUF_TO_HF.items()})
+                    to_ours={name: LLAMA_HF.to_ours[hf] for name, hf in GGUF_TO_HF.items()})
 
 GPT2_GGUF = KeyMap(
     layout="GGUF",
@@ -101,6 +101,7 @@ def permute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
         >>> rows = np.arange(8).reshape(8, 1)
         >>> permute_rope_rows(rows, num_heads=2).ravel().tolist()
         [0, 2, 1, 3, 4, 6, 5, 7]
+        >>> from sftkit.checkpoints.gguf import unpermute_rope_rows
         >>> bool((unpermute_rope_rows(permute_rope_rows(rows, 2), 2) == rows).all())
         True
     """

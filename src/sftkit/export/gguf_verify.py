@@ -30,13 +30,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from sftkit.errors import SftkitError
 from sftkit.generation import GenerationConfig, generate
+from sftkit.models import Model
 from sftkit.models.base import DecoderModel
 from sftkit.tokenizers import Tokenizer
 from sftkit.tokenizers.gguf import metadata_values, open_gguf_reader
@@ -100,7 +101,7 @@ def verify_gguf(path: Path, model: DecoderModel, tokenizer: Tokenizer, prompts: 
                   + [len(ids) for ids in text_ids])
     llama = LlamaCppRunner(path, n_ctx=min(longest, model.config.context_length))
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eos_id,))
-    ours = generate(model, prompt_ids, config)
+    ours = generate(cast(Model, model), prompt_ids, config)  # every DecoderModel is a Model
     theirs = [llama.greedy(ids, max_new_tokens, tokenizer.eos_id) for ids in prompt_ids]
     shared = [_common_prefix(a, b) for a, b in zip(ours, theirs, strict=True)]
     lengths = [max(len(a), len(b)) for a, b in zip(ours, theirs, strict=True)]
