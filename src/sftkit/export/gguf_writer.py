@@ -23,9 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +105,16 @@ def _write(model: DecoderModel, tokenizer: Tokenizer, path: Path, *, quant: str,
     writer.close()
 
 
-class _temporary_beside:  # noqa: N801 - used as a context manager, like tempfile's
+@contextlib.contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
     """A fresh file name in `path`'s directory (so a rename onto `path` is atomic), removed on
     exit unless it was renamed away."""
-
-    def __init__(self, path: Path) -> None:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        self.path = Path(name)
-
-    def __enter__(self) -> Path:
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def _llama_cpp_quantizer() -> Any:
