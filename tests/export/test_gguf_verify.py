@@ -17,7 +17,13 @@ from export_models import tiny_model
 from sftkit.checkpoints import load_pretrained
 from sftkit.errors import SftkitError
 from sftkit.export import gguf_verify
-from sftkit.export.gguf_verify import file_quantization, sftkit_perplexity, verify_gguf
+from sftkit.export.gguf_verify import (
+    ScoredText,
+    file_quantization,
+    scored_texts,
+    sftkit_perplexity,
+    verify_gguf,
+)
 from sftkit.export.gguf_writer import write_gguf
 from sftkit.generation import GenerationConfig, generate
 
@@ -93,14 +99,23 @@ def test_first_divergences_and_token_agreement(exported, tokenizer, monkeypatch)
     assert report.ppl_sftkit is None and "| - | - |" in report.table()
 
 
-def test_perplexity_is_the_exponent_of_the_mean_token_loss():
+def test_perplexity_is_the_exponent_of_the_mean_scored_token_loss():
     model = tiny_model("gpt2")
-    texts = [[5, 6, 7, 8], [9, 10, 11]]
+    texts = [ScoredText([5, 6, 7, 8], start=2), ScoredText([9, 10, 11])]
     with torch.no_grad():
-        losses = [torch.nn.functional.cross_entropy(model(torch.tensor([t]))[0, :-1],
-                                                    torch.tensor(t[1:]), reduction="sum")
+        losses = [torch.nn.functional.cross_entropy(model(torch.tensor([t.ids]))[0, t.start - 1:-1],
+                                                    torch.tensor(t.targets), reduction="sum")
                   for t in texts]
-    assert sftkit_perplexity(model, texts) == pytest.approx(float(torch.exp(sum(losses) / 5)))
+    assert sftkit_perplexity(model, texts) == pytest.approx(float(torch.exp(sum(losses) / 4)))
+
+
+def test_perplexity_prompts_score_the_answers_only(tokenizer):
+    texts = scored_texts(tokenizer, ["he met the heath"], ["he met"])
+    assert texts[0].ids[:texts[0].start] == tokenizer.encode("he met")
+    with pytest.raises(SftkitError, match="text 0 does not continue the tokens of its prompt"):
+        scored_texts(tokenizer, ["he met"], ["the"])
+    with pytest.raises(SftkitError, match="2 perplexity texts but 1 prompts"):
+        scored_texts(tokenizer, ["a", "b"], ["a"])
 
 
 def test_without_llama_cpp_verify_says_what_to_install(exported, tokenizer, monkeypatch):

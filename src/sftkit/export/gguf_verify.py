@@ -87,18 +87,20 @@ def reports_table(reports: Sequence[VerifyReport]) -> str:
 
 
 def verify_gguf(path: Path, model: DecoderModel, tokenizer: Tokenizer, prompts: list[str], *,
-                max_new_tokens: int = 64,
-                perplexity_texts: list[str] | None = None) -> VerifyReport:
+                max_new_tokens: int = 64, perplexity_texts: list[str] | None = None,
+                perplexity_prompts: list[str] | None = None) -> VerifyReport:
     """Compare llama.cpp running the GGUF `path` with sftkit's `model` (see the module
     docstring): greedy continuations of `prompts` (already in the model's prompt style) and,
-    when `perplexity_texts` are given, perplexity on them. Needs `llama-cpp-python`."""
+    when `perplexity_texts` are given, perplexity on them: on every token after the first, or,
+    with `perplexity_prompts` (text i begins with prompt i), on the tokens after the prompt
+    only (the answers, what training's validation loss measures). Needs `llama-cpp-python`."""
     path = Path(path)
     prompt_ids = [tokenizer.encode(prompt) for prompt in prompts]
-    text_ids = [tokenizer.encode(text) for text in perplexity_texts or []]
+    text_ids = scored_texts(tokenizer, perplexity_texts or [], perplexity_prompts)
     if not prompt_ids or not all(prompt_ids):
         raise SftkitError("GGUF verify: needs at least one prompt, none of them empty")
     longest = max([len(ids) + max_new_tokens for ids in prompt_ids]
-                  + [len(ids) for ids in text_ids])
+                  + [len(text.ids) for text in text_ids])
     llama = LlamaCppRunner(path, n_ctx=min(longest, model.config.context_length))
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eos_id,))
     ours = generate(cast(Model, model), prompt_ids, config)  # every DecoderModel is a Model
@@ -116,6 +118,43 @@ def verify_gguf(path: Path, model: DecoderModel, tokenizer: Tokenizer, prompts: 
         divergences=[_divergence(model, index, prompt_ids[index], ours[index], theirs[index], n)
                      for index, n in enumerate(shared) if ours[index] != theirs[index]],
     )
+
+
+@dataclass(frozen=True)
+class ScoredText:
+    """A text's token ids and the index of the first one perplexity scores (1: all but the
+    first, which nothing predicts)."""
+
+    ids: list[int]
+    start: int = 1
+
+    @property
+    def targets(self) -> list[int]:
+        return self.ids[self.start:]
+
+
+def scored_texts(tokenizer: Tokenizer, texts: Sequence[str],
+                 prompts: Sequence[str] | None = None) -> list[ScoredText]:
+    """`texts` tokenized, each scored from its first token after its prompt (if given).
+
+    Example:
+        >>> from sftkit.tokenizers import gpt2_tokenizer
+        >>> scored_texts(gpt2_tokenizer(), ["Q: hi A: yes"], ["Q: hi A:"])[0].targets
+        [3763]
+    """
+    if prompts is None:
+        return [ScoredText(tokenizer.encode(text)) for text in texts]
+    if len(prompts) != len(texts):
+        raise SftkitError(f"GGUF verify: {len(texts)} perplexity texts but {len(prompts)} "
+                          "prompts")
+    scored = []
+    for index, (text, prompt) in enumerate(zip(texts, prompts, strict=True)):
+        ids, prefix = tokenizer.encode(text), tokenizer.encode(prompt)
+        if ids[:len(prefix)] != prefix or len(ids) <= len(prefix):
+            raise SftkitError(f"GGUF verify: perplexity text {index} does not continue the "
+                              "tokens of its prompt")
+        scored.append(ScoredText(ids, max(len(prefix), 1)))
+    return scored
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -136,23 +175,24 @@ def _divergence(model: DecoderModel, index: int, prompt: list[int], ours: list[i
 
 
 @torch.inference_mode()
-def sftkit_perplexity(model: DecoderModel, texts: Sequence[Sequence[int]]) -> float:
-    """exp of the mean negative log-likelihood of every token after the first, over all texts.
+def sftkit_perplexity(model: DecoderModel, texts: Sequence[ScoredText]) -> float:
+    """exp of the mean negative log-likelihood of every scored token, over all texts.
 
     Example:
         >>> from sftkit.models import ModelConfig, build_model
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32,
         ...                                           n_heads=2, vocab_size=50))
-        >>> 30 < sftkit_perplexity(model, [[1, 2, 3, 4], [5, 6]]) < 80  # about the vocab size
+        >>> texts = [ScoredText([1, 2, 3, 4]), ScoredText([5, 6], start=1)]
+        >>> 30 < sftkit_perplexity(model, texts) < 80  # about the vocab size
         True
     """
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for ids in texts:
-        logits = model(torch.tensor([list(ids)], device=device))[0, :-1].float()
-        targets = torch.tensor(list(ids[1:]), device=device)
+    for text in texts:
+        logits = model(torch.tensor([text.ids], device=device))[0, text.start - 1:-1].float()
+        targets = torch.tensor(text.targets, device=device)
         total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
         count += len(targets)
     return float(np.exp(total / max(count, 1)))
@@ -185,17 +225,18 @@ class LlamaCppRunner:
             self.llm.eval([token])
         return tokens
 
-    def perplexity(self, texts: Sequence[Sequence[int]]) -> float:
+    def perplexity(self, texts: Sequence[ScoredText]) -> float:
         """`sftkit_perplexity` computed from llama.cpp's logits."""
         total, count = 0.0, 0
-        for ids in texts:
+        for text in texts:
             self.llm.reset()
-            self.llm.eval(list(ids))
-            logits = np.asarray(self.llm.scores[: len(ids) - 1], dtype=np.float64)
+            self.llm.eval(text.ids)
+            logits = np.asarray(self.llm.scores[text.start - 1: len(text.ids) - 1],
+                                dtype=np.float64)
             peak = logits.max(axis=-1, keepdims=True)
             log_norm = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[:, 0]
-            total += float((log_norm - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
-            count += len(ids) - 1
+            total += float((log_norm - logits[np.arange(len(logits)), text.targets]).sum())
+            count += len(logits)
         return float(np.exp(total / max(count, 1)))
 
 
