@@ -5,8 +5,9 @@ tokens on the test split's first prompts, and perplexity on the validation split
     PYTHONPATH=src python benchmarks/export_check.py --model runs/default \\
         --data ../shared/data/instruction-data.json --quants f16 q8_0 q4_k_m
 
-Prints: quant | file MB | identical/N | token agreement | ppl sftkit | ppl gguf, and every first
-divergence with sftkit's logit gap between the two tokens. Needs llama-cpp-python.
+Prints: quant | file MB | identical/N | token agreement | ppl sftkit | ppl gguf (perplexity of
+the validation answers given their prompts), and every first divergence with sftkit's logit gap
+between the two tokens. Needs llama-cpp-python.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ def main() -> int:
     splits = DataSpec(args.data).splits()
     prompts = [loaded.style.format_prompt(record) for record in splits.test[: args.prompts]]
     texts = [loaded.style.format_example(record) for record in splits.val]
+    # Perplexity on the answers only, given their prompts: what training's validation loss is.
+    text_prompts = [loaded.style.format_prompt(record) for record in splits.val]
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="export-check-"))
     print(f"model {args.model} ({loaded.style.name} style), data {DataSpec(args.data).label}: "
-          f"{len(prompts)} test prompts, {len(texts)} validation texts, "
+          f"{len(prompts)} test prompts, {len(texts)} validation answers, "
           f"{args.max_new_tokens} new tokens at most")
     print(f"CPU {cpu_info()['cpu']}, load average {load_average()} at the start")
     reports = []
@@ -54,7 +57,8 @@ def main() -> int:
                           quant=quant, name=Path(args.model).name)
         written = time.perf_counter() - started
         report = verify_gguf(path, loaded.model, loaded.tokenizer, prompts,
-                             max_new_tokens=args.max_new_tokens, perplexity_texts=texts)
+                             max_new_tokens=args.max_new_tokens, perplexity_texts=texts,
+                             perplexity_prompts=text_prompts)
         reports.append(report)
         print(f"{quant}: written in {written:.0f} s, verified in "
               f"{time.perf_counter() - started - written:.0f} s", flush=True)
