@@ -190,3 +190,17 @@ def test_unsupported_models_and_tokenizers_are_refused(tmp_path, tokenizer, char
     with pytest.raises(SftkitError, match="tokenizer .* is not supported"):
         write_gguf(tiny_model("llama"), char_tokenizer, tmp_path / "t.gguf")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pre_tokenizer_llama_cpp_does_not_know_is_refused(tmp_path, tokenizer):
+    from sftkit.tokenizers import HFTokenizer
+    from tokenizers import Regex, pre_tokenizers
+
+    backend = tokenizer.backend.__class__.from_str(tokenizer.backend.to_str())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\w+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(use_regex=False)])
+    odd = HFTokenizer(backend, name="odd", eos_id=2)
+    with pytest.raises(SftkitError, match="odd's pre-tokenizer .split:unknown pattern. matches "
+                                          "none llama.cpp knows"):
+        write_gguf(tiny_model("llama"), odd, tmp_path / "t.gguf")

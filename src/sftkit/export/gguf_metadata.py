@@ -97,7 +97,8 @@ def _pre_tokenizer_name(pre: dict[str, Any] | None, name: str) -> str:
             kinds.append("gpt2")
         elif kind == "Split":
             pattern = step.get("pattern", {}).get("Regex")
-            kinds += [f"split:{split}" for split, regex in SPLITS.items() if regex == pattern]
+            known = [split for split, regex in SPLITS.items() if regex == pattern]
+            kinds.append(f"split:{known[0] if known else 'unknown pattern'}")
         elif kind != "ByteLevel":  # a ByteLevel without its regex only follows a Split
             kinds.append(str(kind))
     for pre_name in LLAMA_CPP_PRE_NAMES:
