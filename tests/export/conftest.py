@@ -1,11 +1,17 @@
-"""Fixtures of the export tests."""
+"""Fixtures of the export tests (helpers in export_models.py and fake_hub.py)."""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
+from export_models import tiny_tokenizer
 from fake_hub import FakeHub
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
 
 
 @pytest.fixture

@@ -1,1 +1,3 @@
-"""Export: GGUF, Ollama Modelfile, a complete Hugging Face directory, the Hub."""
+"""Export a model for other tools: GGUF for llama.cpp / Ollama (`gguf_writer`), the proof that
+llama.cpp answers like sftkit (`gguf_verify`), the Ollama Modelfile (`ollama`), the complete
+Hugging Face directory (`hf_dir`) and the Hub upload (`hub`)."""

@@ -42,6 +42,7 @@ _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "default": ("gpt2",),
     "gpt2": ("gpt2",),
+    "gpt-2": ("gpt2",),  # llama.cpp's own name for it
     "smollm": ("digits", "gpt2"),
     "starcoder": ("digits", "gpt2"),
     "refact": ("digits", "gpt2"),
@@ -50,7 +51,7 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "llama3": ("split:llama3",),
     "qwen2": ("split:qwen2",),
 }
-_SPLITS = {"llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
+SPLITS = {"llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
 
 
 def read_gguf_tokenizer(path: str | Path, name: str | None = None) -> HFTokenizer:
@@ -193,7 +194,7 @@ def _pre_tokenizer(values: Mapping[str, Any], source: str) -> Any:
             steps.append(pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space,
                                                   use_regex=True))
         else:
-            pattern = _SPLITS[step.removeprefix("split:")]
+            pattern = SPLITS[step.removeprefix("split:")]
             steps += [pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
                       pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space,
                                                use_regex=False)]
