@@ -143,8 +143,11 @@ def assert_same_training(one: Path, two: Path, method: str, strategy: str) -> No
         torch.testing.assert_close(weights[1][name], value, atol=1e-5, rtol=0, msg=name)
 
 
+# Each case launches 2 processes (~15 s on 2 cores): two in the fast suite, the rest slow.
 @pytest.mark.parametrize(("strategy", "method", "grad_accum"),
-                         [("ddp", "full", 1), ("ddp", "lora", 2), ("fsdp", "full", 2),
+                         [("ddp", "full", 1),
+                          pytest.param("ddp", "lora", 2, marks=pytest.mark.slow),
+                          pytest.param("fsdp", "full", 2, marks=pytest.mark.slow),
                           ("fsdp", "lora", 1)])
 def test_two_processes_train_as_one_with_the_global_batch(tmp_path, strategy, method,
                                                           grad_accum):
@@ -154,6 +157,7 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path, strategy, me
     assert_same_training(tmp_path / "one", tmp_path / "two", method, strategy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_resume_one_and_one_resumes_two(tmp_path, strategy):
     """Half the steps on 2 processes, the rest in 1 (2 -> 1), and the reverse (1 -> 2),
@@ -171,6 +175,7 @@ def test_two_processes_resume_one_and_one_resumes_two(tmp_path, strategy):
     assert_same_training(tmp_path / "whole", tmp_path / "one-two", "full", strategy)
 
 
+@pytest.mark.slow
 def test_two_nodes_train_as_one_process(tmp_path):
     """Two launchers (`--nnodes 2`, one worker each) meet at a c10d rendezvous on
     127.0.0.1, as two machines would."""

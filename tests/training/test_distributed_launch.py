@@ -20,6 +20,7 @@ def sftkit(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=LAUNCH_SECONDS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_train_on_two_processes(tmp_path, tiny_model_dir, strategy):
     rows = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i}."} for i in range(40)]

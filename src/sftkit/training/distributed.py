@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,8 +118,10 @@ def setup(device_name: str = "auto") -> torch.device | None:
 
 
 def teardown() -> None:
-    """Leave the process group (at exit; idempotent)."""
+    """Leave the process group (at exit; idempotent). Whatever still holds it (a DDP wrapper
+    and its reducer) is collected first, so that nothing uses the group after it is gone."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
