@@ -1,5 +1,5 @@
 """GGUF export: sftkit reads every file it writes back, within the quantization's tolerance
-(Llama through the GGUF loader, GPT-2 through the writer's own key map), with its tokenizer,
+(Llama and GPT-2 alike, through `load_pretrained`), with its tokenizer,
 chat template and metadata; errors are clear and leave no file behind."""
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import torch
 from export_models import TINY_VOCAB, tiny_model
 
 from sftkit.checkpoints import load_pretrained
-from sftkit.checkpoints.keymaps import convert_to_ours
 from sftkit.errors import SftkitError
 from sftkit.export import gguf_writer
 from sftkit.export.gguf_metadata import tokenizer_vocab
-from sftkit.export.gguf_tensors import GPT2_GGUF, tensor_type
+from sftkit.export.gguf_tensors import tensor_type
 from sftkit.export.gguf_writer import GGUF_QUANTS, write_gguf
-from sftkit.models import build_model
 from sftkit.tokenizers import gpt2_tokenizer, read_gguf_tokenizer, smollm2_tokenizer
 from sftkit.tokenizers.gguf import (
     metadata_values,
@@ -54,26 +52,40 @@ def test_llama_round_trip_through_the_gguf_loader(tmp_path, tokenizer, quant, ti
     _assert_close(_logits(model), _logits(loaded.model), quant)
 
 
-def _read_gpt2(path, config):
-    """Our GPT-2 from a GGUF, through the writer's key map (the loader reads only Llama)."""
-    from gguf.quants import dequantize
-
-    tensors = {t.name: torch.from_numpy(np.array(dequantize(t.data, t.tensor_type),
-                                                 dtype=np.float32)
-                                        .reshape([int(d) for d in reversed(t.shape)]))
-               for t in gguf.GGUFReader(path).tensors}
-    state, _, unknown = convert_to_ours(tensors, GPT2_GGUF)
-    assert not unknown
-    model = build_model(config).eval()
-    model.load_state_dict(state, strict=False)  # the head is tied: lm_head comes with tok_emb
-    return model
-
-
 @pytest.mark.parametrize("quant", ["f32", "f16", "q8_0"])
-def test_gpt2_round_trip(tmp_path, tokenizer, quant):
+def test_gpt2_round_trip_through_the_gguf_loader(tmp_path, tokenizer, quant):
     model = tiny_model("gpt2")
     path = write_gguf(model, tokenizer, tmp_path / "tiny.gguf", quant=quant)
-    _assert_close(_logits(model), _logits(_read_gpt2(path, model.config)), quant)
+    loaded = load_pretrained(str(path))
+    assert loaded.config.architecture() == model.config.architecture()
+    _assert_close(_logits(model), _logits(loaded.model), quant)
+    assert loaded.tokenizer.encode(TRICKY) == tokenizer.encode(TRICKY)
+
+
+def test_gpt2_f32_round_trip_is_exact(tmp_path, tokenizer):
+    """Every tensor comes back bit for bit: fused q/k/v split in order, Conv1D transposes
+    undone, the position embedding kept."""
+    model = tiny_model("gpt2", norm_eps=1e-6)
+    loaded = load_pretrained(str(write_gguf(model, tokenizer, tmp_path / "t.gguf", quant="f32")))
+    for (name, ours), theirs in zip(model.state_dict().items(),
+                                    loaded.model.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs), name
+    assert (loaded.config.norm_eps, loaded.config.context_length) == (1e-6, 128)
+
+
+def test_gpt2_gguf_loads_with_a_quantized_base(tmp_path, tokenizer):
+    path = write_gguf(tiny_model("gpt2"), tokenizer, tmp_path / "t.gguf", quant="q8_0")
+    loaded = load_pretrained(str(path), base_dtype="nf4")
+    assert type(loaded.model.blocks[0].attn.q_proj).__name__ == "QuantizedLinear"
+    assert torch.isfinite(_logits(loaded.model)).all()
+    with pytest.raises(SftkitError, match="is a GPT-2 GGUF; choose bf16, int8 or nf4"):
+        load_pretrained(str(path), base_dtype="gguf")
+
+
+def test_an_untied_gpt2_head_is_refused_by_name(tmp_path, tokenizer):
+    path = write_gguf(tiny_model("gpt2", tie_embeddings=False), tokenizer, tmp_path / "t.gguf")
+    with pytest.raises(SftkitError, match="'output.weight' is an untied GPT-2 output head"):
+        load_pretrained(str(path))
 
 
 def test_llama_rows_are_permuted_as_llama_cpp_expects(tmp_path, tokenizer):

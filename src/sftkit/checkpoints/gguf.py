@@ -1,17 +1,24 @@
-"""Read a llama.cpp GGUF file as a Hugging Face Llama checkpoint: config, weights, tokenizer.
+"""Read a llama.cpp GGUF file as a Hugging Face checkpoint: config, weights, tokenizer.
 
 A GGUF holds everything a model needs in one file, under llama.cpp's names and layout. We turn
-it into what a Hugging Face `LlamaForCausalLM` directory would hold, so one loader
-(`sftkit.checkpoints.hf`) serves both sources:
+it into what a Hugging Face directory would hold (`LlamaForCausalLM` for the `llama`
+architecture, `GPT2LMHeadModel` for `gpt2`), so one loader (`sftkit.checkpoints.hf`) serves
+both sources:
 
-- `hf_config`: the `config.json` fields, from the `llama.*` metadata;
+- `hf_config`: the `config.json` fields, from the `llama.*` / `gpt2.*` metadata;
 - `state_dict`: HF tensor names, float32, HF shapes (every quantization type the `gguf` package
-  can dequantize), with the rotary permutation llama.cpp applies to q/k undone;
+  can dequantize), with the rotary permutation llama.cpp applies to Llama's q/k undone and
+  GPT-2's matrices transposed back to HF's Conv1D (in, out) layout;
 - `tokenizer`: the byte-level BPE from `tokenizer.ggml.*`, rebuilt with HF `tokenizers`.
+
+The GGUF key maps (`GGUF_KEYMAPS`, GGUF name -> ours) live here too, so the GGUF writer
+(`sftkit.export`) and this reader share one table per architecture.
 
 Example:
     >>> gguf_to_hf_key("blk.0.attn_k.weight"), hf_to_gguf_key("model.norm.weight")
     ('model.layers.0.self_attn.k_proj.weight', 'output_norm.weight')
+    >>> GGUF_TO_HF_BY_ARCHITECTURE["gpt2"]["blk.{}.attn_qkv.weight"]
+    'h.{}.attn.c_attn.weight'
 
 `read_gguf(path)` reads a whole file (the embedded SmolLM2: 272 tensors, dequantized in about
 5 s); `sftkit.tokenizers.read_gguf_tokenizer` reads only its tokenizer.
@@ -29,7 +36,15 @@ import numpy as np
 import torch
 
 from sftkit.checkpoints.hf import config_from_hf
-from sftkit.checkpoints.keymaps import LLAMA_HF, UnknownKeyError, get_mapped_key
+from sftkit.checkpoints.keymaps import (
+    GPT2_HF,
+    HF_KEYMAPS,
+    LLAMA_HF,
+    KeyMap,
+    UnknownKeyError,
+    get_mapped_key,
+    layer_template,
+)
 from sftkit.checkpoints.weights import expected_shapes
 from sftkit.errors import SftkitError
 from sftkit.tokenizers.gguf import (
@@ -59,7 +74,53 @@ GGUF_TO_HF: dict[str, str] = {
 }
 HF_TO_GGUF: dict[str, str] = {hf: gguf_name for gguf_name, hf in GGUF_TO_HF.items()}
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+LLAMA_GGUF = KeyMap(layout="GGUF", family="llama",
+                    to_ours={name: LLAMA_HF.to_ours[hf] for name, hf in GGUF_TO_HF.items()})
+
+# llama.cpp's `gpt2` layout: query, key and value fused in `attn_qkv`, every matrix stored
+# (out, in) like `nn.Linear`.
+GPT2_GGUF = KeyMap(
+    layout="GGUF",
+    family="gpt2",
+    to_ours={
+        "token_embd.weight": "tok_emb.weight",
+        "position_embd.weight": "pos_emb.weight",
+        "blk.{}.attn_norm.weight": "blocks.{}.attn_norm.weight",
+        "blk.{}.attn_norm.bias": "blocks.{}.attn_norm.bias",
+        "blk.{}.attn_qkv.weight": ("blocks.{}.attn.q_proj.weight", "blocks.{}.attn.k_proj.weight",
+                                   "blocks.{}.attn.v_proj.weight"),
+        "blk.{}.attn_qkv.bias": ("blocks.{}.attn.q_proj.bias", "blocks.{}.attn.k_proj.bias",
+                                 "blocks.{}.attn.v_proj.bias"),
+        "blk.{}.attn_output.weight": "blocks.{}.attn.out_proj.weight",
+        "blk.{}.attn_output.bias": "blocks.{}.attn.out_proj.bias",
+        "blk.{}.ffn_norm.weight": "blocks.{}.mlp_norm.weight",
+        "blk.{}.ffn_norm.bias": "blocks.{}.mlp_norm.bias",
+        "blk.{}.ffn_up.weight": "blocks.{}.mlp.fc.weight",
+        "blk.{}.ffn_up.bias": "blocks.{}.mlp.fc.bias",
+        "blk.{}.ffn_down.weight": "blocks.{}.mlp.proj.weight",
+        "blk.{}.ffn_down.bias": "blocks.{}.mlp.proj.bias",
+        "output_norm.weight": "final_norm.weight",
+        "output_norm.bias": "final_norm.bias",
+        "output.weight": "lm_head.weight",
+    },
+)
+
+GGUF_KEYMAPS: dict[str, KeyMap] = {"gpt2": GPT2_GGUF, "llama": LLAMA_GGUF}
+
+
+def _gguf_to_hf(gguf_map: KeyMap, hf_map: KeyMap) -> dict[str, str]:
+    """GGUF name -> HF name, composed from the two layouts' maps to ours. Both fuse q/k/v in
+    the same order, so a fused GGUF tensor is the HF one (transposed, for GPT-2's Conv1D). A
+    tensor HF does not store (GPT-2's untied head) has no entry."""
+    from_ours = hf_map.from_ours()
+    return {gguf_name: from_ours[ours] for gguf_name, ours in gguf_map.to_ours.items()
+            if ours is not None and ours in from_ours}
+
+
+GGUF_TO_HF_BY_ARCHITECTURE: dict[str, dict[str, str]] = {
+    "llama": GGUF_TO_HF, "gpt2": _gguf_to_hf(GPT2_GGUF, GPT2_HF)}
+SUPPORTED_ARCHITECTURES = tuple(GGUF_TO_HF_BY_ARCHITECTURE)
+
 
 @dataclass
 class GGUFCheckpoint:
@@ -72,14 +133,16 @@ class GGUFCheckpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def gguf_to_hf_key(name: str, source: str = "GGUF") -> str:
-    """The HF name of a GGUF tensor; unknown names raise.
+def gguf_to_hf_key(name: str, source: str = "GGUF", architecture: str = "llama") -> str:
+    """The HF name of a GGUF tensor of `architecture` (llama, gpt2); unknown names raise.
 
     Example:
         >>> gguf_to_hf_key("blk.3.ffn_gate.weight")
         'model.layers.3.mlp.gate_proj.weight'
+        >>> gguf_to_hf_key("blk.3.ffn_up.weight", architecture="gpt2")
+        'h.3.mlp.c_fc.weight'
     """
-    return _mapped_key(name, GGUF_TO_HF, source)
+    return _mapped_key(name, GGUF_TO_HF_BY_ARCHITECTURE[architecture], source)
 
 
 def _mapped_key(key: str, table: Mapping[str, str], source: str) -> str:
@@ -101,7 +164,7 @@ def hf_to_gguf_key(name: str, source: str = "HF state dict") -> str:
 
 
 def read_gguf(path: str | Path) -> GGUFCheckpoint:
-    """Read a Llama-architecture GGUF file: HF config, float32 HF state dict, tokenizer.
+    """Read a `llama` or `gpt2` GGUF file: HF config, float32 HF state dict, tokenizer.
 
     Every tensor is dequantized to float32 (a 135M model takes about 0.55 GB) and checked
     against the shape the config implies.
@@ -144,28 +207,72 @@ def _float32_as_written(value: float) -> float:
 
 
 def _hf_config(values: Mapping[str, Any], tensors: Mapping[str, Any], path: Path) -> dict:
-    """The `config.json` of the equivalent HF `LlamaForCausalLM`, from `llama.*` metadata."""
+    """The `config.json` of the equivalent HF model, from the `<architecture>.*` metadata."""
     architecture = required_field(values, "general.architecture", path)
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise SftkitError(f"{path}: architecture {architecture!r} is not supported; "
                           f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    if "token_embd.weight" not in tensors:
+        raise SftkitError(f"{path}: tensor 'token_embd.weight' is missing")
+    # The embedding's row count is the truth; the metadata field is optional in older files.
+    vocab_size = int(tensors["token_embd.weight"].shape[-1])
+    fields = _Fields(values, architecture, path)
+    config = _gpt2_hf_config(fields, tensors, path) if architecture == "gpt2" \
+        else _llama_hf_config(fields, tensors, path)
+    config["vocab_size"] = vocab_size
+    for name in ("bos", "eos", "padding"):
+        token_id = values.get(f"tokenizer.ggml.{name}_token_id")
+        config_key = "pad_token_id" if name == "padding" else f"{name}_token_id"
+        config[config_key] = None if token_id is None else int(token_id)
+    return config
 
-    def required(key: str) -> Any:
-        return required_field(values, f"{architecture}.{key}", path)
 
-    def optional(key: str, default: Any) -> Any:
-        return values.get(f"{architecture}.{key}", default)
+@dataclass(frozen=True)
+class _Fields:
+    """The `<architecture>.*` metadata fields of one file."""
 
+    values: Mapping[str, Any]
+    architecture: str
+    path: Path
+
+    def required(self, key: str) -> Any:
+        return required_field(self.values, f"{self.architecture}.{key}", self.path)
+
+    def optional(self, key: str, default: Any) -> Any:
+        return self.values.get(f"{self.architecture}.{key}", default)
+
+
+def _gpt2_hf_config(fields: _Fields, tensors: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """A `GPT2LMHeadModel`'s config; its head is always the token embedding."""
+    if "output.weight" in tensors:
+        raise SftkitError(f"{path}: tensor 'output.weight' is an untied GPT-2 output head, "
+                          "which a GPT2LMHeadModel (and sftkit's GPT-2) does not carry")
+    context_length = int(fields.required("context_length"))
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_embd": int(fields.required("embedding_length")),
+        "n_layer": int(fields.required("block_count")),
+        "n_head": int(fields.required("attention.head_count")),
+        "n_inner": int(fields.required("feed_forward_length")),
+        "n_positions": context_length,
+        "n_ctx": context_length,
+        "layer_norm_epsilon": _float32_as_written(fields.required("attention.layer_norm_epsilon")),
+        "activation_function": "gelu_new",
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+    }
+
+
+def _llama_hf_config(fields: _Fields, tensors: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """A `LlamaForCausalLM`'s config."""
+    required, optional = fields.required, fields.optional
     hidden_size = int(required("embedding_length"))
     num_heads = int(required("attention.head_count"))
     num_kv_heads = int(optional("attention.head_count_kv", num_heads))
     head_dim = int(optional("attention.key_length",
                             optional("rope.dimension_count", hidden_size // num_heads)))
-    if "token_embd.weight" not in tensors:
-        raise SftkitError(f"{path}: tensor 'token_embd.weight' is missing")
-    # The embedding's row count is the truth; the metadata field is optional in older files.
-    vocab_size = int(tensors["token_embd.weight"].shape[-1])
-    config = {
+    return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": hidden_size,
@@ -177,19 +284,13 @@ def _hf_config(values: Mapping[str, Any], tensors: Mapping[str, Any], path: Path
         "hidden_act": "silu",
         "rms_norm_eps": _float32_as_written(required("attention.layer_norm_rms_epsilon")),
         "rope_theta": _float32_as_written(optional("rope.freq_base", 10000.0)),
-        "rope_scaling": _rope_scaling(values, architecture, path),
+        "rope_scaling": _rope_scaling(fields.values, fields.architecture, path),
         "max_position_embeddings": int(required("context_length")),
-        "vocab_size": vocab_size,
         "tie_word_embeddings": "output.weight" not in tensors,
         "attention_bias": False,
         "mlp_bias": False,
         "torch_dtype": "float32",
     }
-    for name in ("bos", "eos", "padding"):
-        token_id = values.get(f"tokenizer.ggml.{name}_token_id")
-        config_key = "pad_token_id" if name == "padding" else f"{name}_token_id"
-        config[config_key] = None if token_id is None else int(token_id)
-    return config
 
 
 def _rope_scaling(values: Mapping[str, Any], architecture: str, path: Path) -> dict | None:
@@ -214,21 +315,31 @@ class GGUFRows:
 def _hf_tensors(tensors: Mapping[str, Any], config: Mapping[str, Any], path: Path,
                 keep_rows: Callable[[str], bool]
                 ) -> Iterator[tuple[str, torch.Tensor | GGUFRows]]:
-    expected = _expected_hf_shapes(config, path)
+    # Every tensor's HF shape, from the one shape table. RoPE scaling changes no shape, and
+    # our models refuse it later with a clear message.
+    model_config = config_from_hf({**config, "rope_scaling": None}, name=str(path))
+    hf_map = HF_KEYMAPS[model_config.family]
+    expected = expected_shapes(model_config, hf_map)
     seen = set()
     for gguf_name, tensor in tensors.items():
-        hf_name = gguf_to_hf_key(gguf_name, source=str(path))
+        hf_name = gguf_to_hf_key(gguf_name, source=str(path), architecture=model_config.family)
         if hf_name not in expected:
             raise SftkitError(f"{path}: tensor {gguf_name!r} ({hf_name}) does not belong to a "
-                              f"{config['num_hidden_layers']}-layer model")
+                              f"{model_config.n_layers}-layer model")
         shape = tuple(int(dim) for dim in reversed(tensor.shape))
-        if shape != expected[hf_name]:
+        # GPT-2's Conv1D stores (in, out); GGUF, like nn.Linear, (out, in).
+        transposed = layer_template(hf_name)[0] in hf_map.transposed
+        hf_shape = shape[::-1] if transposed else shape
+        if hf_shape != expected[hf_name]:
             raise SftkitError(f"{path}: tensor {gguf_name!r} ({hf_name}) has shape "
-                              f"{shape}, expected {expected[hf_name]}")
-        kept = keep_rows(hf_name)
+                              f"{hf_shape}, expected {expected[hf_name]}")
+        # Blocks cannot be transposed: a Conv1D weight is always dequantized.
+        kept = keep_rows(hf_name) and not transposed
         # A row's blocks are bytes along the input dimension: rows permute as values do.
         weight = np.array(tensor.data).view(np.uint8).reshape(shape[0], -1) if kept \
             else _dequantized(tensor, path)
+        if transposed:
+            weight = np.ascontiguousarray(weight.T)
         if hf_name.endswith("self_attn.q_proj.weight"):
             weight = unpermute_rope_rows(weight, config["num_attention_heads"])
         elif hf_name.endswith("self_attn.k_proj.weight"):
@@ -239,13 +350,6 @@ def _hf_tensors(tensors: Mapping[str, Any], config: Mapping[str, Any], path: Pat
     missing = sorted(set(expected) - seen)
     if missing:
         raise SftkitError(f"{path}: missing tensors {', '.join(missing)}")
-
-
-def _expected_hf_shapes(hf_config: Mapping[str, Any], path: Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor's HF shape, from the one shape table (`expected_shapes`)."""
-    # RoPE scaling changes no shape, and our models refuse it later with a clear message.
-    config = config_from_hf({**hf_config, "rope_scaling": None}, name=str(path))
-    return expected_shapes(config, LLAMA_HF)
 
 
 def _dequantized(tensor: Any, path: Path) -> np.ndarray:

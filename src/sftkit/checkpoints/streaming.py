@@ -89,8 +89,17 @@ def _from_gguf(path: Path, base_dtype: str, preset: ModelConfig | None
     config = config_from_hf(checkpoint.hf_config, name=path.stem)
     if preset is not None:
         config = with_preset(config, preset, str(path))
-    ours = ((str(get_mapped_key(name, LLAMA_HF.to_ours)), tensor)
-            for name, tensor in hf_tensors)
+    ours: Tensors
+    if config.family == "gpt2":
+        if base_dtype == "gguf":
+            raise SftkitError(f"lora.base_dtype 'gguf' keeps a Llama GGUF's own blocks, but "
+                              f"{path} is a GPT-2 GGUF; choose bf16, int8 or nf4")
+        # `keep_rows` asks for Llama names only, so every GPT-2 tensor comes dequantized.
+        ours = _hf_to_ours(config, ((name, tensor) for name, tensor in hf_tensors
+                                    if isinstance(tensor, torch.Tensor)))
+    else:
+        ours = ((str(get_mapped_key(name, LLAMA_HF.to_ours)), tensor)
+                for name, tensor in hf_tensors)
     model = model_from_tensors(config, ours, base_dtype, str(path))
     return model, checkpoint.tokenizer, f"GGUF {path}"
 

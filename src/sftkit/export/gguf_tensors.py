@@ -1,9 +1,10 @@
 """Our tensors under llama.cpp's names and layout, each in the type a quantization gives it.
 
-The name maps are key maps (`sftkit.checkpoints.keymaps.KeyMap`) from GGUF names to ours:
-Llama's is the loader's GGUF -> Hugging Face map composed with Hugging Face -> ours, so reading
-and writing share one table; GPT-2's is llama.cpp's `gpt2` layout (query, key and value fused
-in `attn_qkv`, every matrix stored (out, in) like `nn.Linear`).
+The name maps are the GGUF loader's key maps (`sftkit.checkpoints.gguf.GGUF_KEYMAPS`, GGUF
+names to ours), so reading and writing share one table per architecture: Llama's is the
+loader's GGUF -> Hugging Face map composed with Hugging Face -> ours; GPT-2's is llama.cpp's
+`gpt2` layout (query, key and value fused in `attn_qkv`, every matrix stored (out, in) like
+`nn.Linear`).
 
 Example:
     >>> import torch
@@ -24,41 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftkit.checkpoints.gguf import GGUF_TO_HF
-from sftkit.checkpoints.keymaps import LLAMA_HF, KeyMap, UnknownKeyError, convert_from_ours
+from sftkit.checkpoints.gguf import GGUF_KEYMAPS
+from sftkit.checkpoints.keymaps import UnknownKeyError, convert_from_ours
 from sftkit.errors import SftkitError
 from sftkit.models.base import DecoderModel
-
-LLAMA_GGUF = KeyMap(layout="GGUF", family="llama",
-                    to_ours={name: LLAMA_HF.to_ours[hf] for name, hf in GGUF_TO_HF.items()})
-
-GPT2_GGUF = KeyMap(
-    layout="GGUF",
-    family="gpt2",
-    to_ours={
-        "token_embd.weight": "tok_emb.weight",
-        "position_embd.weight": "pos_emb.weight",
-        "blk.{}.attn_norm.weight": "blocks.{}.attn_norm.weight",
-        "blk.{}.attn_norm.bias": "blocks.{}.attn_norm.bias",
-        "blk.{}.attn_qkv.weight": ("blocks.{}.attn.q_proj.weight", "blocks.{}.attn.k_proj.weight",
-                                   "blocks.{}.attn.v_proj.weight"),
-        "blk.{}.attn_qkv.bias": ("blocks.{}.attn.q_proj.bias", "blocks.{}.attn.k_proj.bias",
-                                 "blocks.{}.attn.v_proj.bias"),
-        "blk.{}.attn_output.weight": "blocks.{}.attn.out_proj.weight",
-        "blk.{}.attn_output.bias": "blocks.{}.attn.out_proj.bias",
-        "blk.{}.ffn_norm.weight": "blocks.{}.mlp_norm.weight",
-        "blk.{}.ffn_norm.bias": "blocks.{}.mlp_norm.bias",
-        "blk.{}.ffn_up.weight": "blocks.{}.mlp.fc.weight",
-        "blk.{}.ffn_up.bias": "blocks.{}.mlp.fc.bias",
-        "blk.{}.ffn_down.weight": "blocks.{}.mlp.proj.weight",
-        "blk.{}.ffn_down.bias": "blocks.{}.mlp.proj.bias",
-        "output_norm.weight": "final_norm.weight",
-        "output_norm.bias": "final_norm.bias",
-        "output.weight": "lm_head.weight",
-    },
-)
-
-GGUF_KEYMAPS: dict[str, KeyMap] = {"gpt2": GPT2_GGUF, "llama": LLAMA_GGUF}
 
 # The GGML type of every matrix, by quantization name (the K-quants are llama.cpp's to make).
 MATRIX_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0",
