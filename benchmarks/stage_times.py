@@ -47,11 +47,12 @@ def time_stage(loaded: LoadedModel, entries: list[dict[str, Any]], max_new_token
     prompts = [loaded.tokenizer.encode(generation_prompt(loaded.style, entry))
                for entry in entries]
     model = loaded.model.eval()
-    generate(model, prompts[:2], dataclasses.replace(config, max_new_tokens=4))  # warm-up
+    decode = loaded.tokenizer.decode
+    generate(model, prompts[:2], dataclasses.replace(config, max_new_tokens=4), decode=decode)
     timed: dict[str, Any] = {}
     for name, run in (("old", lambda: generate_static(model, prompts, max_new_tokens,
                                                       {loaded.tokenizer.eos_id}, batch_size)),
-                      ("new", lambda: generate(model, prompts, config))):
+                      ("new", lambda: generate(model, prompts, config, decode=decode))):
         started = time.perf_counter()
         outputs = run()
         timed[name] = {"seconds": time.perf_counter() - started,
