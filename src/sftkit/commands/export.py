@@ -217,6 +217,9 @@ def _verify(written: Path, loaded: LoadedModel, records: RunDir | None, count: i
     gguf = written if written.is_file() else next(written.glob("*.gguf"))
     style = loaded.style
     prompts = [style.format_prompt(entry) for entry in records.read_split("test")[:count]]
-    texts = [style.format_example(entry) for entry in records.read_split("val")[:count]]
-    report = verify_gguf(gguf, loaded.model, loaded.tokenizer, prompts, perplexity_texts=texts)
+    val = records.read_split("val")[:count]
+    # Perplexity on the answers only, given their prompts: what training's validation loss is.
+    report = verify_gguf(gguf, loaded.model, loaded.tokenizer, prompts,
+                         perplexity_texts=[style.format_example(entry) for entry in val],
+                         perplexity_prompts=[style.format_prompt(entry) for entry in val])
     print(report.table())

@@ -29,7 +29,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sftkit.errors import SftkitError
 from sftkit.export.gguf_metadata import add_general, add_hyperparameters, add_tokenizer
@@ -133,17 +133,37 @@ def _llama_cpp_quantizer() -> Any:
         params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{K_QUANTS[quant]}")
         params.nthread = os.cpu_count() or 1
         # One warning per tensor whose rows are not a multiple of 256 (all of SmolLM2's 576-wide
-        # ones, which llama.cpp stores as q5_0/q8_0 instead, as every q4_k_m of it does).
+        # ones, which llama.cpp stores as q5_0/q8_0 instead, as every q4_k_m of it does): the
+        # C library writes them to the process's stderr, kept aside and shown only on failure.
         log = logging.getLogger("llama-cpp-python")
         level = log.level
         log.setLevel(logging.ERROR)
         try:
-            status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
-                                                    ctypes.byref(params))
+            with _native_stderr_captured() as captured:
+                status = llama_cpp.llama_model_quantize(
+                    str(source).encode(), str(target).encode(), ctypes.byref(params))
         finally:
             log.setLevel(level)
         if status != 0:
             raise SftkitError(f"GGUF export: llama.cpp could not quantize {source} to {quant} "
-                              f"(status {status})")
+                              f"(status {status}):\n{captured.read()[-2000:]}")
 
     return quantize
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[IO[str]]:
+    """File descriptor 2 (where C libraries write) sent to a temporary file for the body;
+    the file, rewound, for reading afterwards."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
