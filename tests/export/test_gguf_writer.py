@@ -216,3 +216,16 @@ def test_a_pre_tokenizer_llama_cpp_does_not_know_is_refused(tmp_path, tokenizer)
     with pytest.raises(SftkitError, match="odd's pre-tokenizer .split:unknown pattern. matches "
                                           "none llama.cpp knows"):
         write_gguf(tiny_model("llama"), odd, tmp_path / "t.gguf")
+
+
+def test_native_stderr_is_kept_aside_and_restored(capfd):
+    """llama.cpp's quantizer writes a warning per tensor to fd 2 from C: kept aside."""
+    import os
+
+    from sftkit.export.gguf_writer import _native_stderr_captured
+
+    with _native_stderr_captured() as captured:
+        os.write(2, b"warning: ncols 576 not divisible by 256\n")
+    assert captured == ["warning: ncols 576 not divisible by 256\n"]
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"

@@ -29,7 +29,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sftkit.errors import SftkitError
 from sftkit.export.gguf_metadata import add_general, add_hyperparameters, add_tokenizer
@@ -146,24 +146,26 @@ def _llama_cpp_quantizer() -> Any:
             log.setLevel(level)
         if status != 0:
             raise SftkitError(f"GGUF export: llama.cpp could not quantize {source} to {quant} "
-                              f"(status {status}):\n{captured.read()[-2000:]}")
+                              f"(status {status}):\n{captured[0][-2000:]}")
 
     return quantize
 
 
 @contextlib.contextmanager
-def _native_stderr_captured() -> Iterator[IO[str]]:
-    """File descriptor 2 (where C libraries write) sent to a temporary file for the body;
-    the file, rewound, for reading afterwards."""
+def _native_stderr_captured() -> Iterator[list[str]]:
+    """File descriptor 2 (where C libraries write) sent to a temporary file for the body; what
+    was written there is in the yielded list's one item afterwards."""
     import sys
 
     sys.stderr.flush()
     saved = os.dup(2)
+    text: list[str] = []
     with tempfile.TemporaryFile(mode="w+") as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            yield captured
+            yield text
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
+            text.append(captured.read())
