@@ -248,9 +248,10 @@ class GenerateConfig:
     seed: int = 123
     """Seed of the sampler (when temperature > 0)."""
     quantize: str = "none"
-    """"int8": decode with int8 weights on a CPU (1.5x faster than fp32 measured, but greedy
-    answers often differ from fp32's: 17 of the book's 110 test answers were identical);
-    "none": the weights as loaded (fp32 decodes through oneDNN-packed linears, same answers)."""
+    """"int8": decode with int8 weights on a CPU (measured 1.5x faster than fp32 on a busy
+    2-core AMD EPYC but 0.92x on the same machine idle, and greedy answers often differ from
+    fp32's: 16-17 of the book's 110 identical); "none": the weights as loaded (fp32 decodes
+    through oneDNN-packed linears, same answers)."""
 
     def __post_init__(self) -> None:
         _require(self.quantize in ("none", "int8"),

@@ -8,7 +8,8 @@ int8 with its own scale, an int8 matmul with int32 sums (`torch._int_mm`).
 
 Measured (benchmarks/RESULTS.md, "Decode speed against llama.cpp"): since fp32 decoding runs
 oneDNN-packed linears (`sftkit.generation.packed`), int8 gains much less over fp32 than it
-did over MKL's fp32 (1.5x on the book's 110 test prompts rather than 2-3x), and its greedy
+did over MKL's fp32 (1.5x on the book's 110 test prompts rather than 2-3x on a busy
+machine; 0.92x, i.e. slower, on the same machine idle), and its greedy
 answers often differ from fp32's (17 of those 110 identical, 7 of the first 40). Rejected
 there: PyTorch's dynamic quantization (`quantize_dynamic`, fbgemm), as fast but quantizing a
 whole call's input with one scale, so a row's tokens depended on its batch; the weight-only
