@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> str:
     run = RunDir(args.run)
     test = run.read_split("test")
     base = load_pretrained("smollm2-135m-instruct")
-    lines = [f"{cpu_info()}, load before {load_average()}",
+    lines = [f"{cpu_info()['cpu']}, load before {load_average()}",
              "| stage | prompts | old s (tokens) | new s (tokens) | speed-up here "
              "| predicted s, slow machine |", "|---|---|---|---|---|---|"]
     for stage, loaded in (("baseline", base), ("generate", load_pretrained(str(args.run)))):
