@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,12 @@ from torch import nn
 from sftkit.peft.fused import lora_linear
 from sftkit.peft.quantized import QuantizedLinear
 
-if TYPE_CHECKING:
-    from sftkit.peft.shared_input import SharedInput
+
+class SharedOutputs(Protocol):
+    """What a layer's siblings on one input offer it (`sftkit.peft.shared_input.SharedInput`;
+    named here as a protocol so that this module need not import that one, which imports it)."""
+
+    def output(self, member: LoRALinear, x: torch.Tensor) -> torch.Tensor | None: ...
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, spec.r, device=device))
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
         #: Siblings reading the same input, computed together (`sftkit.peft.shared_input`).
-        self.shared_input: SharedInput | None = None
+        self.shared_input: SharedOutputs | None = None
         self.reset_adapter()
 
     def reset_adapter(self) -> None:
