@@ -29,6 +29,13 @@ def test_packed_logits_match_and_parameters_are_shared(preset):
         torch.testing.assert_close(packed(idx), model(idx), rtol=1e-5, atol=1e-4)
 
 
+def test_packing_a_packed_model_packs_nothing_again():
+    """chat packs once: each answer's batcher then shares the packed weights."""
+    packed = packed_for_decoding(tiny("smollm2-135m"))
+    batcher = ContinuousBatcher(packed, slots=1)
+    assert batcher.model.lm_head.packed_weight is packed.lm_head.packed_weight
+
+
 def test_the_batcher_decodes_with_packed_weights_and_greedy_tokens_stay():
     model = tiny("smollm2-135m")
     assert isinstance(ContinuousBatcher(model, slots=2).model.lm_head, PackedLinear)

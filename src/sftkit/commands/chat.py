@@ -36,8 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sftkit.checkpoints import load_pretrained
     from sftkit.generation import TextStreamer, generation_settings, stream
+    from sftkit.generation.packed import packed_for_decoding
 
     loaded = load_pretrained(args.model, style=args.style)
+    # Packed once for the whole chat: each answer's batcher then finds nothing left to pack.
+    model = packed_for_decoding(loaded.model)
     style = loaded.style
     tokenizer = loaded.tokenizer
     config = generation_settings(loaded, max_new_tokens=args.max_new_tokens,
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         while len(ids) + 16 > loaded.config.context_length and len(messages) > 2:
             messages = opening + messages[len(opening) + 2:]
             ids = tokenizer.encode(style.format_conversation(messages))
-        answer = _write_answer(stream(loaded.model, ids, config, decode=tokenizer.decode),
+        answer = _write_answer(stream(model, ids, config, decode=tokenizer.decode),
                                TextStreamer(tokenizer.decode, style.stop_strings))
         messages.append({"role": "assistant", "content": answer})
 
