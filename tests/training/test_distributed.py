@@ -90,8 +90,8 @@ def train(out: Path, method: str, batch_size: int, grad_accum: int,
     losses: list[float] = json.loads((out / "losses.json").read_text()) \
         if (out / "losses.json").exists() else []  # a resumed run's go on
     step = trainer._step
-    trainer._step = lambda batches, tokens, progress: losses.append(  # type: ignore[method-assign]
-        step(batches, tokens, progress)) or losses[-1]
+    trainer._step = lambda batches, progress: losses.append(step(batches, progress)) \
+        or losses[-1]  # type: ignore[method-assign]
     trainer.fit()
     if distributed.is_main():
         (out / "losses.json").write_text(json.dumps(losses))

@@ -91,10 +91,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(char_tokenizer, tmp_path,
                                schedule="cosine", warmup_steps=2, checkpoint_every=5)
     real_step = Trainer._step
 
-    def step_then_interrupt(self, micro, tokens, progress):
+    def step_then_interrupt(self, micro, progress):
         if progress.step == 11:  # mid-epoch, between two checkpoints
             raise KeyboardInterrupt
-        return real_step(self, micro, tokens, progress)
+        return real_step(self, micro, progress)
 
     monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
     assert interrupted.fit().status == "interrupted"

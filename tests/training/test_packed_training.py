@@ -109,10 +109,10 @@ def test_an_interrupted_packed_run_resumes_bit_exactly(char_tokenizer, tmp_path,
     stop_at = interrupted.steps_per_epoch + 1  # mid-epoch, the second one
     real_step = Trainer._step
 
-    def step_then_interrupt(self, micro, tokens, progress):
+    def step_then_interrupt(self, micro, progress):
         if progress.step == stop_at:
             raise KeyboardInterrupt
-        return real_step(self, micro, tokens, progress)
+        return real_step(self, micro, progress)
 
     monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
     assert interrupted.fit().status == "interrupted"

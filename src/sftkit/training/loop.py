@@ -227,9 +227,9 @@ class Trainer:
                    disable=not self.progress_bar, dynamic_ncols=True)
         try:
             while progress.step < self.total_steps:
-                for micro_batches, step_tokens in self._steps_of_epoch(progress):
+                for micro_batches in self._steps_of_epoch(progress):
                     with deferred_interrupts():  # Ctrl-C lands between steps, not in one
-                        loss = self._step(micro_batches, step_tokens, progress)
+                        loss = self._step(micro_batches, progress)
                         self._after_step(progress, loss, bar)
                     if progress.step == self.total_steps:
                         break
@@ -292,19 +292,16 @@ class Trainer:
         module = self.replica.wrapped if self.replica and self.sharded else LossModel(model)
         return load_sharded_checkpoint(path, module, optimizer)
 
-    def _steps_of_epoch(self, progress: TrainProgress
-                        ) -> Iterator[tuple[list[Batch | PackedBatch], int]]:
+    def _steps_of_epoch(self, progress: TrainProgress) -> Iterator[list[Batch | PackedBatch]]:
         """The micro-batches of each remaining step of the current epoch, `grad_accum` at a
-        time, with the step's supervised tokens (of every rank: counted once per step); groups
-        with nothing to learn are skipped (but counted as consumed)."""
+        time; groups with nothing to learn are skipped (but counted as consumed)."""
         self.sampler.set_epoch(progress.epoch, skip=progress.batches_into_epoch)
         batches = iter(self.train_loader)
         while micro_batches := list(itertools.islice(batches, self.config.grad_accum)):
-            step_tokens = self._step_tokens(micro_batches)
-            if step_tokens == 0:
+            if self._step_tokens(micro_batches) == 0:
                 progress.batches_into_epoch += len(micro_batches)
                 continue
-            yield micro_batches, step_tokens
+            yield micro_batches
 
     def _step_tokens(self, micro_batches: list[Batch | PackedBatch]) -> int:
         """The supervised tokens of a step: of every rank's micro-batches (all-reduced)."""
@@ -318,13 +315,12 @@ class Trainer:
         """Where collectives put their tensors: NCCL's need the GPU."""
         return self.device if self.device.type == "cuda" else None
 
-    def _step(self, micro_batches: list[Batch | PackedBatch], step_tokens: int,
-              progress: TrainProgress) -> float:
+    def _step(self, micro_batches: list[Batch | PackedBatch], progress: TrainProgress) -> float:
         """One optimizer step, counted in `progress`; returns its mean token loss."""
         started = time.perf_counter()
         try:
             stats = self.strategy(micro_batches, lr=self.schedule(progress.step),
-                                  step_tokens=step_tokens)
+                                  step_tokens=self._step_tokens(micro_batches))
         except NonFiniteLoss as error:
             raise self._non_finite_error(error, progress) from None
         if self.world.is_distributed:  # the step of every rank's micro-batches
