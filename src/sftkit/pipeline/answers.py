@@ -1,11 +1,16 @@
 """The stages that answer the test split: `baseline` (the model before fine-tuning, with its
-validation loss) and `generate` (the fine-tuned model)."""
+validation loss) and `generate` (the fine-tuned model).
+
+On several processes (torchrun), every rank answers its share of the test split
+(`distributed.own_share`) and rank 0 gathers the answers in the split's order and writes
+them: greedy decoding gives the file one process writes."""
 
 from __future__ import annotations
 
 import time
 
 from sftkit.pipeline.context import RunContext
+from sftkit.training import distributed
 
 
 def stage_baseline(context: RunContext) -> None:
@@ -14,7 +19,8 @@ def stage_baseline(context: RunContext) -> None:
         context.log(f"[baseline] done already: {run.baseline_responses}")
         return
     context.log("[baseline] the model before fine-tuning")
-    run.write_baseline_val_loss(validation_loss(context))
+    if distributed.is_main():
+        run.write_baseline_val_loss(validation_loss(context))
     _respond(context, baseline=True)
 
 
@@ -28,23 +34,29 @@ def stage_generate(context: RunContext) -> None:
 
 
 def _respond(context: RunContext, *, baseline: bool) -> None:
-    """Answer the test split (the book's responses format) into the run directory."""
+    """Answer the test split (the book's responses format) into the run directory; on several
+    processes, each rank its share, and rank 0 writes them all."""
     from tqdm.auto import tqdm
 
     from sftkit.generation import for_decoding, generate_responses
 
     label = "baseline" if baseline else "generate"
     loaded = for_decoding(context.model(), context.config.generate.quantize)
-    test = context.run.read_split("test")
+    share = distributed.own_share(context.run.read_split("test"))
     started = time.perf_counter()
-    with tqdm(total=len(test), desc=f"[{label}] generating", unit="answer",
-              dynamic_ncols=True) as bar:
-        entries = generate_responses(loaded.model, loaded.tokenizer, context.prompt_style,
-                                     test, context.generation_config(), progress=bar.update)
+    with tqdm(total=len(share), desc=f"[{label}] generating", unit="answer",
+              dynamic_ncols=True, disable=not distributed.is_main()) as bar:
+        answered = generate_responses(loaded.model, loaded.tokenizer, context.prompt_style,
+                                      share, context.generation_config(), progress=bar.update)
+    entries = distributed.gather_shares(answered)
     seconds = time.perf_counter() - started
+    if entries is None:
+        return  # rank 0 writes them
     out = context.run.write_responses(entries, baseline=baseline)
     context.timings["baseline_generate_s" if baseline else "generate_s"] = round(seconds, 1)
-    context.log(f"[{label}] {len(entries)} answers in {seconds:.1f} s → {out}")
+    processes = distributed.world().size
+    shared = f" on {processes} processes" if processes > 1 else ""
+    context.log(f"[{label}] {len(entries)} answers in {seconds:.1f} s{shared} → {out}")
 
 
 def validation_loss(context: RunContext) -> float:

@@ -28,6 +28,8 @@ from sftkit.training import distributed
 Stage = Callable[[RunContext], Any]
 STAGES: tuple[Stage, ...] = (stage_prepare, stage_baseline, stage_train, stage_generate,
                              stage_evaluate, stage_judge, stage_report)
+#: The stages every rank runs on several processes (the others: rank 0 alone).
+SHARED_STAGES: tuple[Stage, ...] = (stage_baseline, stage_train, stage_generate)
 
 
 def start(context: RunContext) -> None:
@@ -41,8 +43,8 @@ def run_stages(context: RunContext, stages: Sequence[Stage]) -> dict[str, Any]:
     """`start`, then every stage of `stages` after prepare; the last result a stage returned.
 
     On several processes (torchrun), rank 0 prepares first and the others then find the data
-    prepared; they all train, and rank 0 alone runs the other stages (the others end after
-    training) and logs."""
+    prepared; they all train and answer the test split (each rank its share), and rank 0
+    alone runs the other stages (the others end after the answers) and logs."""
     distributed.setup(context.config.train.device)
     main = distributed.is_main()
     if not main:
@@ -51,7 +53,7 @@ def run_stages(context: RunContext, stages: Sequence[Stage]) -> dict[str, Any]:
         start(context)
     result: dict[str, Any] = {}
     for stage in stages:
-        if stage is not stage_prepare and (main or stage is stage_train):
+        if stage is not stage_prepare and (main or stage in SHARED_STAGES):
             result = stage(context) or result
     return result
 

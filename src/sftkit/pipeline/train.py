@@ -28,17 +28,19 @@ def stage_train(context: RunContext) -> None:
         return
     loaded = context.model()
     result = _fit(context)
+    # Every rank holds the trained model now (FSDP: rebuilt whole, `_fit`): all answer a
+    # share of the test split with it; rank 0 saves it.
+    loaded = context.loaded_model
+    loaded.model.eval()
+    saved = save_trained(context) if distributed.is_main() else ""
+    merge_adapters(loaded.model)  # the answers that follow run faster on plain layers
+    context.finetuned = True
     if not distributed.is_main():
-        return  # rank 0 saves the model and runs the stages after training
-    loaded = context.loaded_model  # FSDP: rebuilt whole (`_fit`)
+        return
     progress = result.progress
     context.timings["train_s"] = round(progress.train_seconds, 1)
     context.timings["train_supervised_tokens_per_s"] = round(
         result.supervised_tokens_per_second, 1)
-    loaded.model.eval()
-    saved = save_trained(context)
-    merge_adapters(loaded.model)  # the answers that follow run faster on plain layers
-    context.finetuned = True
     context.log(f"[train] {progress.step} steps, {progress.supervised_tokens} supervised tokens "
                 f"in {progress.train_seconds:.0f} s ({result.supervised_tokens_per_second:.0f} "
                 f"tokens/s); val loss {result.val_loss}; {saved}; curves → {run.loss_plot}")
@@ -117,7 +119,7 @@ def _fit(context: RunContext) -> TrainResult:
     if result.status != "completed":
         raise KeyboardInterrupt
     weights = trainer.gather_weights()
-    if weights is not None:  # FSDP: rank 0 rebuilds the whole model from the shards
+    if weights is not None:  # FSDP: every rank rebuilds the whole model from the shards
         _rebuild(context, weights)
     return result
 

@@ -8,6 +8,8 @@ module joins them into one process group and gives the trainer what it needs.
 - `shard_loader`: rank r's slice of every batch of the global order, built with the global
   batch (N ranks x batch b): the N·b examples of a step are those one process with batch N·b
   would take, in every epoch, with `group_by_length` too.
+- `own_share` / `gather_shares`: work split across the ranks (the test answers), each rank
+  taking every N-th item, gathered back on rank 0 in the original order.
 - `Replica`: the model wrapped for the strategy of `train.strategy` (`sftkit.training.
   replicas`): DDP, or FSDP2.
 
@@ -33,6 +35,7 @@ import gc
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -43,6 +46,8 @@ from sftkit.errors import SftkitError
 #: How long a rank waits for the others at a collective (the baseline answers rank 0 writes
 #: before training, or a sample after an epoch, keep the others waiting that long).
 TIMEOUT = datetime.timedelta(hours=2)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,44 @@ def all_reduce_sum(values: Sequence[float], device: torch.device | None = None
     total = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return total.tolist()
+
+
+def own_share(items: Sequence[T]) -> list[T]:
+    """This rank's share of `items` when the ranks split work between them: every N-th item
+    from the rank's own (interleaved: the shares differ by one item at most, and neighbours,
+    often alike in length, go to different ranks). One process: every item.
+
+    >>> own_share(["a", "b", "c"])
+    ['a', 'b', 'c']
+    """
+    place = world()
+    return list(items[place.rank::place.size])
+
+
+def gather_shares(share: Sequence[T]) -> list[T] | None:
+    """On rank 0, every rank's `share` (of `own_share`) put back in the original order; None on
+    the other ranks. Every rank calls it. One process: `share` itself.
+
+    >>> gather_shares(["a", "b"])
+    ['a', 'b']
+    """
+    place = world()
+    if not place.is_distributed:
+        return list(share)
+    shares: list[Any] | None = [None] * place.size if place.is_main else None
+    dist.gather_object(list(share), shares, dst=0)
+    return None if shares is None else interleave(shares)
+
+
+def interleave(shares: Sequence[Sequence[T]]) -> list[T]:
+    """The items of `own_share`'s shares (of rank 0, 1, ...) in their original order.
+
+    >>> interleave([["a", "c", "e"], ["b", "d"]])
+    ['a', 'b', 'c', 'd', 'e']
+    """
+    longest = max((len(share) for share in shares), default=0)
+    return [share[index] for index in range(longest) for share in shares
+            if index < len(share)]
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

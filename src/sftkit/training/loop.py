@@ -203,8 +203,8 @@ class Trainer:
         return self.replica is not None and self.replica.strategy == "fsdp"
 
     def gather_weights(self) -> dict[str, torch.Tensor] | None:
-        """A sharded model's whole weights, on rank 0 (None elsewhere, and when the model is
-        not sharded: it holds them). Every rank calls it."""
+        """A sharded model's whole weights, on every rank (None when the model is not sharded:
+        it holds them). Every rank calls it."""
         return gather_full_weights(self.replica.wrapped) \
             if self.replica is not None and self.sharded else None
 

@@ -35,7 +35,6 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -122,12 +121,12 @@ def load_sharded_checkpoint(path: Path, module: nn.Module,
     return restore_trainer_state(trainer_state)
 
 
-def gather_full_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
+def gather_full_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     """The whole weights of `module` (a sharded `LossModel`), by the model's own parameter
-    names, on rank 0 (in CPU memory); None on the other ranks. Every rank calls it."""
-    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
-                                                                 cpu_offload=True))
-    if not distributed.is_main():
-        return None
-    return {name.removeprefix("model."): tensor for name, tensor in full.items()
-            if isinstance(tensor, torch.Tensor)}
+    names, in CPU memory, on every rank (each rank answers its share of the test split with
+    them). Every rank calls it; one whole tensor at a time is on the device."""
+    from torch.distributed.tensor import DTensor
+
+    return {name.removeprefix("model."): (tensor.full_tensor() if isinstance(tensor, DTensor)
+                                          else tensor).detach().cpu()
+            for name, tensor in module.state_dict().items()}
