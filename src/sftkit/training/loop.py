@@ -69,6 +69,7 @@ from sftkit.training.sharded import (
     gather_full_weights,
     is_sharded,
     load_sharded_checkpoint,
+    load_whole_checkpoint,
     save_sharded_checkpoint,
 )
 from sftkit.training.steps import (
@@ -279,12 +280,12 @@ class Trainer:
 
     def _load_checkpoint(self, path: Path, model: DecoderModel, optimizer: OptimizerLike
                          ) -> TrainProgress:
-        """A checkpoint of either format: one process's (DDP's too), or FSDP's sharded one,
-        resharded for this world."""
+        """A checkpoint of either format, in any world: one process's (DDP's too), sharded
+        for FSDP when it trains; or FSDP's sharded one, resharded for this world."""
         if not is_sharded(path):
-            if self.sharded:
-                raise SftkitError(f"{path}: written by one process or DDP; train.strategy="
-                                  "fsdp resumes only from sharded checkpoints")
+            if self.replica is not None and self.sharded:  # each rank keeps its shards
+                return load_whole_checkpoint(path, self.replica.wrapped,
+                                             optimizer)  # type: ignore[arg-type]
             return load_checkpoint(path, model, optimizer)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise SftkitError(f"{path}: a sharded checkpoint (train.strategy=fsdp) resumes "

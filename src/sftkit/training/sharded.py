@@ -6,7 +6,9 @@ A sharded checkpoint is the usual `checkpoints/step-NNNNNN/` directory, atomic t
 `latest` points at it), holding `sharded/` (DCP's files) and `trainer_state.pt` (progress
 and RNG states; the optimizer state is in the shards). DCP reshards on load, so a run resumes
 on another number of processes, or in one (`load_sharded_checkpoint` needs no process
-group): the state is keyed by the parameters' names in a `LossModel`.
+group): the state is keyed by the parameters' names in a `LossModel`. A checkpoint of one
+process (or DDP) resumes on FSDP2 too (`load_whole_checkpoint`): each rank reads the whole
+file and keeps its shards.
 
 Example (one process, a plain model):
     >>> import tempfile
@@ -33,8 +35,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -45,6 +50,7 @@ from sftkit.errors import SftkitError
 from sftkit.io import atomic_directory
 from sftkit.training import distributed
 from sftkit.training.checkpointing import (
+    WEIGHTS,
     TrainProgress,
     checkpoint_path,
     first_line,
@@ -119,6 +125,64 @@ def load_sharded_checkpoint(path: Path, module: nn.Module,
     if optimizer is not None:
         set_optimizer_state_dict(module, optimizer, state["optimizer"])
     return restore_trainer_state(trainer_state)
+
+
+def load_whole_checkpoint(path: Path, module: nn.Module,
+                          optimizer: torch.optim.Optimizer | None = None) -> TrainProgress:
+    """Restore a sharded `module` (a `LossModel`) and its optimizer from the checkpoint of one
+    process or of DDP at `path` (whole weights and a whole optimizer state): every rank reads
+    it and keeps its own shards. Returns its progress."""
+    trainer_state = read_trainer_state(path / "trainer_state.pt")
+    try:
+        weights = _by_every_name(module, {f"model.{name}": tensor for name, tensor
+                                          in load_file(str(path / WEIGHTS)).items()})
+    except (OSError, SafetensorError) as error:
+        raise SftkitError(f"{path / WEIGHTS}: cannot be loaded ({first_line(error)})") from None
+    # A LoRA run's file holds its trainable parameters alone.
+    trainable = [name for name, parameter in module.named_parameters()
+                 if parameter.requires_grad]
+    missing = [name for name in trainable if name not in weights]
+    if missing:
+        raise SftkitError(f"{path / WEIGHTS}: has no {', '.join(missing[:3])}; was it written "
+                          "with another train.method or lora settings? Resume with the same ones")
+    whole = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(module, dict[str, Any](weights), options=whole)
+    if optimizer is not None:
+        by_name = _keyed_by_name(trainer_state["optimizer"], trainable)
+        try:
+            set_optimizer_state_dict(module, optimizer, by_name, options=whole)
+        except (KeyError, IndexError, ValueError, RuntimeError) as error:
+            raise SftkitError(f"{path / 'trainer_state.pt'}: the optimizer state does not "
+                              f"fit this model ({first_line(error)})") from None
+    return restore_trainer_state(trainer_state)
+
+
+def _keyed_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An optimizer state keyed by the positions of its parameters (`Optimizer.state_dict`)
+    keyed by their `names` instead (DCP's format).
+
+    >>> _keyed_by_name({"state": {1: {"step": 2}}, "param_groups": [{"lr": 1, "params": [0, 1]}]},
+    ...                ["a", "b"])
+    {'state': {'b': {'step': 2}}, 'param_groups': [{'lr': 1, 'params': ['a', 'b']}]}
+    """
+    return {"state": {names[index]: value for index, value in state["state"].items()},
+            "param_groups": [{**group, "params": [names[index] for index in group["params"]]}
+                             for group in state["param_groups"]]}
+
+
+def _by_every_name(module: nn.Module, tensors: dict[str, torch.Tensor]
+                   ) -> dict[str, torch.Tensor]:
+    """`tensors` under every name of their parameter in `module`: a file holds a tied weight
+    under one of its names (safetensors keeps one)."""
+    names: dict[int, list[str]] = {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    found = dict(tensors)
+    for aliases in names.values():
+        present = [name for name in aliases if name in tensors]
+        if present:
+            found.update(dict.fromkeys(aliases, tensors[present[0]]))
+    return found
 
 
 def gather_full_weights(module: nn.Module) -> dict[str, torch.Tensor]:
