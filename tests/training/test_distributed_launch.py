@@ -1,13 +1,16 @@
 """`sftkit train --nproc 2` relaunches itself through torchrun: two processes train (gloo,
 loopback, a free port), with DDP or FSDP2, and rank 0 alone writes the run's files; a rank
-that fails ends the job with a message naming it."""
+that fails ends the job with a message naming it; SIGTERM ends every rank, with a message,
+the last checkpoint intact."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,19 +18,31 @@ LAUNCH_SECONDS = 180  # a bound on one launch, on a busy 2-core machine
 
 
 def sftkit(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, "-m", "sftkit", *args], env=env,
-                          capture_output=True, text=True, timeout=LAUNCH_SECONDS)
+    return subprocess.run(command(*args), env=loopback_env(), capture_output=True, text=True,
+                          timeout=LAUNCH_SECONDS)
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sftkit", *args]
+
+
+def loopback_env() -> dict[str, str]:
+    return {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def data_file(tmp_path):
+    rows = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i}."} for i in range(40)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return data
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_train_on_two_processes(tmp_path, tiny_model_dir, strategy):
-    rows = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i}."} for i in range(40)]
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     done = sftkit("train", "--nproc", "2", f"runs_dir={tmp_path}", "name=t",
-                  f"model.name={tiny_model_dir}", f"data.source={data}", "train.max_steps=3",
+                  f"model.name={tiny_model_dir}", f"data.source={data_file(tmp_path)}",
+                  "train.max_steps=3",
                   "train.precision=fp32", f"train.strategy={strategy}")
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "t"
@@ -49,3 +64,28 @@ def test_a_failing_rank_ends_the_job_naming_it(tmp_path, tiny_model_dir):
     assert "sftkit train: error: training on 2 processes failed: rank 0 exited with code " \
         in failed.stderr
     assert "; rank 1 exited with code " in failed.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_ends_every_rank_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
+    from sftkit.checkpoints import load_pretrained
+    from sftkit.training.checkpointing import latest_checkpoint, load_checkpoint
+
+    launcher = subprocess.Popen(
+        command("train", "--nproc", "2", f"runs_dir={tmp_path}", "name=t",
+                f"model.name={tiny_model_dir}", f"data.source={data_file(tmp_path)}",
+                "train.epochs=50", "train.checkpoint_every=1", "train.precision=fp32"),
+        env=loopback_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "t" / "checkpoints"
+    try:
+        deadline = time.monotonic() + LAUNCH_SECONDS
+        while latest_checkpoint(checkpoints) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=LAUNCH_SECONDS)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 2, stderr[-3000:]
+    assert "sftkit train: error: stopped by SIGTERM: torchrun ended the 2 processes" in stderr
+    model = load_pretrained(str(tiny_model_dir)).model
+    assert load_checkpoint(latest_checkpoint(checkpoints), model).step >= 1

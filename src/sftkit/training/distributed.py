@@ -243,12 +243,19 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m sftkit *argv` on `nproc` processes of this machine through torchrun's
     own launcher (`torch.distributed.run`, at a free port); returns 0 when every rank
     succeeded. A rank that fails ends the job (torchrun stops the others): a `SftkitError`
-    names it, with its exit code."""
+    names it, with its exit code. A signal to this process (Ctrl-C, SIGTERM) ends every rank:
+    a `SftkitError` names it."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
         torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "sftkit", *argv])
+    except SignalException as stop:  # Ctrl-C, or SIGTERM from a scheduler
+        raise SftkitError(f"stopped by {stop.sigval.name}: torchrun ended the {nproc} "
+                          "processes; the checkpoints already written are complete (one cut "
+                          "short is never published); run the same command again to resume "
+                          "from the last") from None
     except ChildFailedError as error:
         # Every failed rank: which one failed first is not always the one torchrun names
         # first (a rank that exits cleanly with an error code, then its peers' broken links).
