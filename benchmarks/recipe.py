@@ -58,6 +58,7 @@ from sftkit.evaluation.metrics import score_responses  # noqa: E402
 from sftkit.generation import generate_responses, generation_settings  # noqa: E402
 from sftkit.models.base import DecoderModel  # noqa: E402
 from sftkit.peft import LoraSpec, adapter_layers, apply_lora, layer_indices, merge_adapters  # noqa: E402
+from sftkit.peft.setup import train_only_blocks  # noqa: E402
 from sftkit.training.loop import Trainer  # noqa: E402
 from sftkit.training.loss import mean_loss  # noqa: E402
 
@@ -88,8 +89,8 @@ class Candidate:
     targets: str = "all-linear"
     """LoRA targets, `+`-separated (commas separate the candidate's keys)."""
     layers: str = ""
-    """`lora.layers`: the blocks with adapters ("" = all, `last:N`, `a-b` ranges joined by
-    `+`)."""
+    """The blocks that train: `lora.layers` (the blocks with adapters) or, for full
+    fine-tuning, `train.layers` ("" = all, `last:N`, `a-b` ranges joined by `+`)."""
 
     @classmethod
     def parse(cls, text: str) -> Candidate:
@@ -113,8 +114,8 @@ class Candidate:
                 f"{f' w{self.warmup}' if self.warmup else ''} {loss} {self.style or 'chatml'}")
         if self.method != "full":
             text += f" r{self.r} {self.targets}"
-            if self.layers:
-                text += f" layers {self.layers}"
+        if self.layers:
+            text += f" layers {self.layers}"
         return text
 
     def train_config(self, precision: str) -> TrainConfig:
@@ -124,12 +125,15 @@ class Candidate:
                            precision=precision)
 
     def adapt(self, model: DecoderModel) -> list[str]:
-        """Wrap `model`'s targets in adapters (nothing for full fine-tuning)."""
+        """Wrap `model`'s targets in adapters; for full fine-tuning of some blocks, freeze the
+        rest (`train.layers`)."""
+        layers = layer_indices(self.layers.replace("+", ","), model.config.n_layers)
         if self.method == "full":
+            if self.layers:
+                train_only_blocks(model, layers)
             return []
         spec = LoraSpec(r=self.r, alpha=self.alpha, dropout=self.dropout,
                         dora=self.method == "dora")
-        layers = layer_indices(self.layers.replace("+", ","), model.config.n_layers)
         return apply_lora(model, spec, self.targets.split("+"), layers=layers)
 
 
@@ -153,6 +157,7 @@ def flop_counts(model: DecoderModel, method: str) -> dict[str, int]:
                   if any(p.requires_grad for p in block.parameters())), default=n_layers)
     return {"blocks": blocks, "head": head, "adapters": adapters,
             "weight_grads": int(method == "full"), "layers": n_layers,
+            "head_trains": int(model.lm_head.weight.requires_grad),
             "dim": model.config.emb_dim, "backward_layers": n_layers - lowest}
 
 
@@ -175,13 +180,14 @@ def epoch_workload(dataset: InstructionDataset, config: TrainConfig, max_length:
 
 def training_flops(counts: dict[str, int], work: dict[str, int], epochs: int) -> float:
     """The blocks' matmuls at every position and the head (`sftkit.training.loss`) at the
-    supervised ones: 6·N with weight gradients (full), else 2·N forward plus 2·N of input
-    gradients through the blocks from the lowest adapted one up (backward stops below it), plus
-    the adapters' 6·r·(in+out) each; attention 12·layers·dim·Σ length² (PaLM's count, causal
-    mask not halved), its backward share likewise."""
+    supervised ones: 2·N forward, plus through the blocks from the lowest that trains up
+    (backward stops below it) 2·N of input gradients and, for full fine-tuning, 2·N of weight
+    gradients; the adapters' 6·r·(in+out) each; the head 6·N when it trains, else 4·N;
+    attention 12·layers·dim·Σ length² (PaLM's count, causal mask not halved), its backward
+    share likewise."""
     share = counts.get("backward_layers", counts["layers"]) / counts["layers"]
-    factor = 6 if counts["weight_grads"] else 2 + 2 * share
-    head_factor = 6 if counts["weight_grads"] else 4
+    factor = 2 + (4 if counts["weight_grads"] else 2) * share
+    head_factor = 6 if counts.get("head_trains", counts["weight_grads"]) else 4
     attention = 12 * counts["layers"] * counts["dim"] * work["sum_sq"] * (1 + 2 * share) / 3
     per_epoch = (factor * counts["blocks"] * work["positions"] + counts["adapters"]
                  * work["positions"] + head_factor * counts["head"] * work["supervised"]

@@ -102,6 +102,11 @@ class TrainConfig:
     method: str = "full"
     """`full` (every weight trains), `lora` or `dora` (small adapters on a frozen base; see
     the `[lora]` section)."""
+    layers: str = ""
+    """Full fine-tuning of some blocks only: "" = the whole model trains; `last:N` = only
+    the top N blocks and the final norm train (the embeddings, the head and the blocks below
+    stay frozen, and backward stops at the lowest block that trains: a cheaper step), or
+    indices and ranges such as `20-29`. LoRA/DoRA choose their blocks with `lora.layers`."""
     batch_size: int = 8
     """Examples per micro-batch."""
     grad_accum: int = 1
@@ -177,6 +182,9 @@ class TrainConfig:
         _require(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
         _require(0 <= self.drop_rate < 1, "train.drop_rate must be in [0, 1)")
         _require(self.method in METHODS, f"train.method must be one of {METHODS}")
+        _require(self.method == "full" or not self.layers.strip(),
+                 "train.layers is for full fine-tuning; LoRA/DoRA take their blocks from "
+                 "lora.layers")
         _require(self.strategy in STRATEGIES, f"train.strategy must be one of {STRATEGIES}")
 
 

@@ -46,15 +46,14 @@ def adapt_for_training(model: DecoderModel, train: TrainConfig, lora: LoraConfig
     global random state is left as it was). A target or module the model does not have is a
     `SftkitError` naming the config key."""
     if train.method == "full":
+        if train.layers.strip():
+            train_only_blocks(model, _layers("train.layers", train.layers, model))
         return []
     try:
         target_names(model.config.family, lora.target_list)
     except ValueError as error:
         raise SftkitError(f"lora.targets: {error}") from None
-    try:
-        layers = layer_indices(lora.layers, model.config.n_layers)
-    except ValueError as error:
-        raise SftkitError(f"lora.layers: {error}") from None
+    layers = _layers("lora.layers", lora.layers, model)
     unknown = [name for name in lora.module_list if name not in TRAINABLE_GROUPS]
     if unknown:
         raise SftkitError(f"lora.train_modules: {', '.join(map(repr, unknown))} cannot train "
@@ -63,6 +62,34 @@ def adapt_for_training(model: DecoderModel, train: TrainConfig, lora: LoraConfig
         torch.manual_seed(train.seed)
         return apply_lora(model, lora_spec(train, lora), lora.target_list, lora.module_list,
                           layers)
+
+
+def _layers(key: str, text: str, model: DecoderModel) -> tuple[int, ...]:
+    """The blocks `text` names (`layer_indices`); a bad one is a `SftkitError` naming `key`."""
+    try:
+        return layer_indices(text, model.config.n_layers)
+    except ValueError as error:
+        raise SftkitError(f"{key}: {error}") from None
+
+
+def train_only_blocks(model: DecoderModel, layers: tuple[int, ...]) -> None:
+    """Full fine-tuning of the blocks `layers` lists and the final norm; everything else
+    (embeddings, head, the other blocks) frozen. Nothing below the lowest trained block needs
+    a gradient, so backward stops there: with the top third of the blocks training, a step
+    costs about half of full fine-tuning's matmul FLOPs.
+
+    >>> from sftkit.models import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=3, emb_dim=32, n_heads=4,
+    ...                                           vocab_size=64))
+    >>> train_only_blocks(model, (2,))
+    >>> sorted({name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("blocks")
+    ...         else "") for name, p in model.named_parameters() if p.requires_grad})
+    ['blocks.2', 'final_norm']
+    """
+    model.requires_grad_(False)
+    for index in layers:
+        model.blocks[index].requires_grad_(True)
+    model.final_norm.requires_grad_(True)
 
 
 @dataclass(frozen=True)
