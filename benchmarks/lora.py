@@ -30,6 +30,7 @@ from benchmarks.training import (
     TransformersRunner,
     _epochs,
     build_weights,
+    run_group,
 )
 
 RANK, ALPHA = 16, 32.0
@@ -123,6 +124,15 @@ def specs(model: str, data, hf_dir: str, threads: int, overrides: dict[str, Any]
                                        precision=precision, **common))]
 
 
+def measure(model: str, data, hf_dir: str, threads: int, overrides: dict[str, Any],
+            precisions: tuple[str, ...], warmup: int, steps: int) -> list[dict[str, Any]]:
+    """`specs`' results, the four contenders of one precision at a time side by side (eight
+    training processes at once can exhaust a shared machine's memory)."""
+    every = specs(model, data, hf_dir, threads, overrides, precisions)
+    return [result for start in range(0, len(every), 4)
+            for result in run_group(every[start:start + 4], warmup, steps)]
+
+
 def rate(result: dict[str, Any]) -> float:
     """Median of the per-step supervised tokens/s."""
     return median([step["supervised"] / step["seconds"] for step in result["steps"]])
@@ -149,7 +159,8 @@ def markdown(groups: list[tuple[str, list[dict[str, Any]]]], machine: dict[str, 
         "",
         f"CPU: {machine['cpu']}, {machine['cores']} cores; load average before {load[0]}, "
         f"after {load[1]} (shared machine: compare the ratios, measured side by side, "
-        f"interleaved step by step; medians of {steps} timed steps' supervised tokens/s). "
+        f"interleaved step by step, one precision at a time; medians of {steps} timed steps' "
+        "supervised tokens/s). "
         f"Adapters: r={RANK}, alpha={ALPHA:g}, dropout 0, every projection of the blocks "
         "(ours: q/k/v/out + MLP; peft: the same by transformers' names, GPT-2's fused c_attn "
         "as one adapter); same seeded random weights; AdamW fused over the trainable "

@@ -195,9 +195,9 @@ def section_lora(args, report: Report, tmp: Path) -> None:
         hf_dir = export_for_transformers(args, model, tmp / f"hf-lora-{model}")
         overrides = QUICK_OVERRIDES.get(model, {}) if args.quick else {}
         print(f"\n## LoRA: {model}, full / LoRA / DoRA / transformers + peft")
-        specs = lora.specs(model, DataSpec(), hf_dir, args.threads, overrides,
-                           tuple(args.lora_precision or ("fp32", "auto")))
-        groups.append((model, run_group(specs, args.warmup, args.steps)))
+        groups.append((model, lora.measure(model, DataSpec(), hf_dir, args.threads, overrides,
+                                           tuple(args.lora_precision or ("fp32", "auto")),
+                                           args.warmup, args.steps)))
     report.lora = lora.markdown(groups, report.machine, (load_before, load_average()),
                                 args.steps)
 
