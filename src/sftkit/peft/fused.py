@@ -32,7 +32,10 @@ gradients of x and of the adapters come back in their own dtypes (fp32). The fro
 model per step. `CastWeights` keeps one copy in autocast's dtype instead, made at the first
 call and reused while the weight is unchanged. Its cost: that copy, half the adapted frozen
 weights' fp32 bytes in bf16, for as long as it lives (it is no part of the state dict, a deep
-copy or a pickle starts without it, and `release_cast_weights` frees it).
+copy or a pickle starts without it, and `sftkit.peft.lora.release_cast_weights` frees it).
+Worth it: with the casts and the fusion, SmolLM2-135M's bf16 LoRA step spent 0.18 s instead
+of 0.87 s copying over 3 steps, and ran 1.44x its full fine-tuning instead of 1.31x
+(benchmarks/RESULTS.md, LoRA).
 
 Example:
     >>> import torch

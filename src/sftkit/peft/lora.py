@@ -204,8 +204,8 @@ def _autocastable(*tensors: torch.Tensor) -> bool:
 
 def release_cast_weights(model: nn.Module) -> int:
     """Free every adapted layer's low-precision copy of its frozen base (`sftkit.peft.fused`:
-    what training under autocast keeps), e.g. once training is done; returns how many layers
-    had one place to free.
+    what training under autocast keeps), e.g. once training is done; returns how many adapted
+    layers it went through.
 
     >>> model = torch.nn.Sequential(LoRALinear(torch.nn.Linear(8, 8), LoraSpec(r=2)))
     >>> with torch.autocast("cpu", dtype=torch.bfloat16):
