@@ -1,5 +1,8 @@
 """LoRA training speed side by side: our full fine-tuning, our LoRA, our DoRA, and
-transformers + peft's LoRA, on the same weights, the same batches in the same order, in fp32.
+transformers + peft's LoRA, on the same weights, the same batches in the same order, at each
+of the chosen precisions: fp32, and this machine's `auto` (bf16 autocast where the CPU has
+fast bf16: for transformers + peft, `torch.autocast` around its forward and loss, its fair best
+on a CPU). `auto` is resolved once, in the parent, so that every worker trains in the same one.
 
 Every contender is a worker process of `benchmarks.training` (interleaved step by step). The
 adapters: rank 16, alpha 32, dropout 0, on every projection of the blocks (our `all-linear`;
@@ -27,6 +30,7 @@ from benchmarks.training import (
     TransformersRunner,
     _epochs,
     build_weights,
+    run_group,
 )
 
 RANK, ALPHA = 16, 32.0
@@ -41,14 +45,23 @@ LABELS = {"full": "sftkit full fine-tuning", "lora": "sftkit LoRA", "dora": "sft
 @dataclass(frozen=True)
 class LoraBenchSpec(Spec):
     method: str = "full"  # full | lora | dora (ours) or peft (transformers + peft)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (resolved: never auto)
 
     @property
     def label(self) -> str:
-        return LABELS[self.method]
+        return f"{LABELS[self.method]} ({self.precision})"
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` as sftkit's trainer would resolve it on this CPU, else `precision`."""
+    from sftkit.device import pick_precision
+
+    return pick_precision(torch.device("cpu"), precision)
 
 
 class AdapterRunner(SftkitRunner):
-    """Our training step (`Trainer._step`, defaults, fp32) with `spec.method`'s adapters."""
+    """Our training step (`Trainer._step`, defaults, `spec.precision`) with `spec.method`'s
+    adapters."""
 
     def __init__(self, spec: LoraBenchSpec):
         from sftkit.config import LoraConfig, TrainConfig
@@ -62,7 +75,7 @@ class AdapterRunner(SftkitRunner):
         model.train()
         config = TrainConfig(batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                              eval_every=0, checkpoint_every=0, sample_every_epoch=False,
-                             precision="fp32", method=spec.method)
+                             precision=spec.precision, method=spec.method)
         adapt_for_training(model, config, LoraConfig(r=RANK, alpha=ALPHA, dropout=0.0,
                                                      targets="all-linear"))
         self._tmp = tempfile.TemporaryDirectory(prefix="sftkit-bench-")
@@ -75,10 +88,11 @@ class AdapterRunner(SftkitRunner):
 
 class PeftRunner(TransformersRunner):
     """transformers' model from our weights with peft's LoRA, fused AdamW over the adapters,
-    on the same batches as ours."""
+    on the same batches as ours; under `torch.autocast` for a low precision."""
 
     def __init__(self, spec: LoraBenchSpec):
         import peft
+        from sftkit.device import autocast
 
         super().__init__(spec)
         family = "gpt2" if spec.model.startswith("gpt2") else "llama"
@@ -90,18 +104,33 @@ class PeftRunner(TransformersRunner):
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=spec.lr,
             weight_decay=0.1, fused=True)
+        if spec.precision != "fp32":  # the forward and its loss; backward outside, as usual
+            self.model.forward = autocast(torch.device("cpu"), spec.precision)(
+                self.model.forward)
 
 
 RUNNERS.update({"lora-sftkit": AdapterRunner, "lora-peft": PeftRunner})
 
 
-def specs(model: str, data, hf_dir: str, threads: int, overrides: dict[str, Any]
-          ) -> list[LoraBenchSpec]:
-    """The four contenders for one model, ours first."""
+def specs(model: str, data, hf_dir: str, threads: int, overrides: dict[str, Any],
+          precisions: tuple[str, ...] = ("fp32",)) -> list[LoraBenchSpec]:
+    """The four contenders for one model at each precision (resolved), ours first."""
     common = dict(model=model, data=data, threads=threads, overrides=overrides)
-    return [*(LoraBenchSpec(kind="lora-sftkit", method=method, **common)
-              for method in ("full", "lora", "dora")),
-            LoraBenchSpec(kind="lora-peft", method="peft", hf_dir=hf_dir, **common)]
+    return [spec for precision in dict.fromkeys(map(resolve_precision, precisions))
+            for spec in (*(LoraBenchSpec(kind="lora-sftkit", method=method,
+                                         precision=precision, **common)
+                           for method in ("full", "lora", "dora")),
+                         LoraBenchSpec(kind="lora-peft", method="peft", hf_dir=hf_dir,
+                                       precision=precision, **common))]
+
+
+def measure(model: str, data, hf_dir: str, threads: int, overrides: dict[str, Any],
+            precisions: tuple[str, ...], warmup: int, steps: int) -> list[dict[str, Any]]:
+    """`specs`' results, the four contenders of one precision at a time side by side (eight
+    training processes at once can exhaust a shared machine's memory)."""
+    every = specs(model, data, hf_dir, threads, overrides, precisions)
+    return [result for start in range(0, len(every), 4)
+            for result in run_group(every[start:start + 4], warmup, steps)]
 
 
 def rate(result: dict[str, Any]) -> float:
@@ -111,31 +140,35 @@ def rate(result: dict[str, Any]) -> float:
 
 def markdown(groups: list[tuple[str, list[dict[str, Any]]]], machine: dict[str, Any],
              load: tuple[str, str], steps: int) -> str:
-    """The section: a row per contender, the ratios the issue's targets are about."""
+    """The section: a row per contender and precision, the ratios the issue's targets are
+    about (against our full fine-tuning and transformers + peft at the same precision)."""
     rows = []
     for model, results in groups:
-        rates = {result["spec"].method: rate(result) for result in results}
+        rates = {(r["spec"].method, r["spec"].precision): rate(r) for r in results}
         for result in results:
-            method = result["spec"].method
-            rows.append(f"| {model} | {LABELS[method]} | {rates[method]:.0f} | "
-                        f"{rates[method] / rates['full']:.2f}× | "
-                        f"{rates[method] / rates['peft']:.2f}× | "
+            method, precision = result["spec"].method, result["spec"].precision
+            speed = rates[method, precision]
+            rows.append(f"| {model} | {precision} | {LABELS[method]} | {speed:.0f} | "
+                        f"{speed / rates['full', precision]:.2f}× | "
+                        f"{speed / rates['peft', precision]:.2f}× | "
                         f"{result.get('first_loss', float('nan')):.5f} | "
                         f"{result.get('rss_mb', float('nan')):.0f} |")
     return "\n".join([
-        "## LoRA training throughput (fp32, batch 8, embedded data, the same batches in the "
-        "same order for every contender)",
+        "## LoRA training throughput (batch 8, embedded data, the same batches in the same "
+        "order for every contender)",
         "",
         f"CPU: {machine['cpu']}, {machine['cores']} cores; load average before {load[0]}, "
         f"after {load[1]} (shared machine: compare the ratios, measured side by side, "
-        f"interleaved step by step; medians of {steps} timed steps' supervised tokens/s). "
+        f"interleaved step by step, one precision at a time; medians of {steps} timed steps' "
+        "supervised tokens/s). "
         f"Adapters: r={RANK}, alpha={ALPHA:g}, dropout 0, every projection of the blocks "
         "(ours: q/k/v/out + MLP; peft: the same by transformers' names, GPT-2's fused c_attn "
         "as one adapter); same seeded random weights; AdamW fused over the trainable "
-        "parameters (ours stepped inside backward).",
+        "parameters (ours stepped inside backward). Ratios against the contenders at the same "
+        "precision; bf16 is autocast (fp32 weights, bf16 matmuls) for every contender.",
         "",
-        "| model | contender | supervised tok/s | vs our full FT | vs transformers+peft | "
-        "first-step loss | peak RSS MB |",
-        "|---|---|---|---|---|---|---|",
+        "| model | precision | contender | supervised tok/s | vs our full FT | "
+        "vs transformers+peft | first-step loss | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
     ])

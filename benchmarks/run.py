@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes")
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only this section (repeatable)")
+    parser.add_argument("--lora-precision", action="append", choices=("fp32", "bf16", "fp16",
+                        "auto"), help="the lora section's precisions, side by side (repeatable; "
+                        "default fp32 and auto: this machine's choice, bf16 where it is fast)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in every process (0 = torch's default, one per "
                         "core); on a loaded machine 1 avoids OpenMP threads waiting on each "
@@ -192,8 +195,9 @@ def section_lora(args, report: Report, tmp: Path) -> None:
         hf_dir = export_for_transformers(args, model, tmp / f"hf-lora-{model}")
         overrides = QUICK_OVERRIDES.get(model, {}) if args.quick else {}
         print(f"\n## LoRA: {model}, full / LoRA / DoRA / transformers + peft")
-        groups.append((model, run_group(lora.specs(model, DataSpec(), hf_dir, args.threads,
-                                                   overrides), args.warmup, args.steps)))
+        groups.append((model, lora.measure(model, DataSpec(), hf_dir, args.threads, overrides,
+                                           tuple(args.lora_precision or ("fp32", "auto")),
+                                           args.warmup, args.steps)))
     report.lora = lora.markdown(groups, report.machine, (load_before, load_average()),
                                 args.steps)
 

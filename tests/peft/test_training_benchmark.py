@@ -41,3 +41,22 @@ def test_the_four_contenders_agree_on_the_first_step(lora_bench, tmp_path):
     trainable = [sum(p.numel() for p in runner.model.parameters() if p.requires_grad)
                  for runner in runners]
     assert trainable[1] < trainable[2] < trainable[0]  # LoRA < DoRA (magnitudes) < full
+
+
+def test_under_bf16_autocast_the_contenders_agree_on_the_first_step_within_bf16(lora_bench,
+                                                                               tmp_path):
+    from benchmarks.common import DataSpec
+
+    from sftkit.checkpoints.hf import save_hf_directory
+
+    specs = lora_bench.specs("gpt2", DataSpec(), str(tmp_path / "hf"), 0, TINY_GPT2,
+                             ("fp32", "bf16"))
+    assert [spec.precision for spec in specs] == ["fp32"] * 4 + ["bf16"] * 4
+    save_hf_directory(lora_bench.build_weights(specs[0]), tmp_path / "hf")
+    runners = [lora_bench.RUNNERS[spec.kind](spec) for spec in specs[4:]]
+    losses = [runner.step(runner.probe)["loss"] for runner in runners]
+    assert losses == pytest.approx([losses[0]] * 4, rel=2e-2)
+    results = [{"spec": spec, "steps": [runner.step()], "first_loss": loss}
+               for spec, runner, loss in zip(specs[4:], runners, losses)]
+    text = lora_bench.markdown([("gpt2", results)], {"cpu": "test", "cores": 2}, ("0", "0"), 1)
+    assert text.count("| gpt2 | bf16 |") == 4

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftkit.peft.fused import lora_linear
+from sftkit.peft.fused import CastWeights, DenseWeight, FrozenBase, autocast_dtype, lora_linear
 from sftkit.peft.quantized import QuantizedLinear
 
 
@@ -41,6 +41,8 @@ class SharedOutputs(Protocol):
     named here as a protocol so that this module need not import that one, which imports it)."""
 
     def output(self, member: LoRALinear, x: torch.Tensor) -> torch.Tensor | None: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
         #: Siblings reading the same input, computed together (`sftkit.peft.shared_input`).
         self.shared_input: SharedOutputs | None = None
+        #: The frozen dense base in autocast's dtype, cast once (`sftkit.peft.fused`).
+        self.cast_weights = CastWeights()
         self.reset_adapter()
 
     def reset_adapter(self) -> None:
@@ -138,28 +142,45 @@ class LoRALinear(nn.Module):
         return F.linear(F.linear(dropped.to(self.lora_A.dtype), self.lora_A),
                         self.lora_B) * self.scaling
 
-    def _fused_base(self, x: torch.Tensor) -> nn.Linear | QuantizedLinear | None:
-        """The base, when `sftkit.peft.fused` can compute this call: a frozen base, no
-        autocast, and x, the adapter and a dense base's weight of one dtype (a quantized base
-        decodes to x's)."""
+    def fused_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype `sftkit.peft.fused` computes this call in, or None where it cannot run.
+        It needs a frozen base, dense or quantized. Without autocast: x and the adapter of one
+        dtype, and a dense base's weight of it too (a quantized base decodes to x's). Under
+        autocast: its dtype, the tensors ones it casts (floating, not fp64), and a quantized
+        base only under bf16 (the dtype its own forward then computes in)."""
         base = self.base
-        if torch.is_autocast_enabled(x.device.type) or x.dtype != self.lora_A.dtype:
+        if not isinstance(base, nn.Linear | QuantizedLinear) or (
+                isinstance(base, nn.Linear) and base.weight.requires_grad):
             return None
-        if isinstance(base, QuantizedLinear) or (
-                isinstance(base, nn.Linear) and not base.weight.requires_grad
-                and x.dtype == base.weight.dtype):
-            return base
-        return None
+        dtype = autocast_dtype(x)
+        if dtype is None:
+            if x.dtype != self.lora_A.dtype or (isinstance(base, nn.Linear)
+                                                and base.weight.dtype != x.dtype):
+                return None
+            return x.dtype
+        if isinstance(base, QuantizedLinear):
+            return dtype if dtype == torch.bfloat16 and _autocastable(x, self.lora_A) else None
+        return dtype if _autocastable(x, self.lora_A, base.weight) else None
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """`base(x) + lora_path(x)` as one autograd step, without extra passes over the
         activations and keeping x and a one-byte dropout mask for backward
-        (`sftkit.peft.fused`); None where it cannot run (`_fused_base`)."""
-        fused_base = self._fused_base(x)
-        if fused_base is None:
+        (`sftkit.peft.fused`); None where it cannot run (`fused_dtype`)."""
+        dtype = self.fused_dtype(x)
+        if dtype is None:
             return None
+        base: FrozenBase = self.base  # type: ignore[assignment]  # as `fused_dtype` found
+        if isinstance(base, nn.Linear) and autocast_dtype(x) is not None:
+            base = self.cast_weights.dense(DenseWeight(base.weight, base.bias), dtype)
         dropout = self.spec.dropout if self.training else 0.0
-        return lora_linear(x, fused_base, self.lora_A, self.lora_B, self.scaling, dropout)
+        return lora_linear(x, base, self.lora_A, self.lora_B, self.scaling, dropout, dtype)
+
+    def release_cast_weights(self) -> None:
+        """Free the low-precision copy of the frozen base kept for autocast (and its
+        siblings', `sftkit.peft.shared_input`); made again at the next call that needs it."""
+        self.cast_weights.release()
+        if self.shared_input is not None:
+            self.shared_input.release()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
@@ -174,3 +195,26 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.spec.r}, scaling={self.scaling:g}"
+
+
+def _autocastable(*tensors: torch.Tensor) -> bool:
+    """Whether autocast casts these tensors (floating point, not fp64)."""
+    return all(t.is_floating_point() and t.dtype != torch.float64 for t in tensors)
+
+
+def release_cast_weights(model: nn.Module) -> int:
+    """Free every adapted layer's low-precision copy of its frozen base (`sftkit.peft.fused`:
+    what training under autocast keeps), e.g. once training is done; returns how many adapted
+    layers it went through.
+
+    >>> model = torch.nn.Sequential(LoRALinear(torch.nn.Linear(8, 8), LoraSpec(r=2)))
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     model(torch.randn(2, 8)).dtype
+    torch.bfloat16
+    >>> release_cast_weights(model)
+    1
+    """
+    layers = [module for module in model.modules() if isinstance(module, LoRALinear)]
+    for layer in layers:
+        layer.release_cast_weights()
+    return len(layers)

@@ -12,9 +12,11 @@ The first sibling called computes every sibling's output with `sftkit.peft.fused
 (one matmul for the bases, one for the As, one for the Bs, and the same in backward) and keeps
 the others' outputs until their own calls, with the same `x`, collect them.
 
-Whenever the shared path cannot run, each layer computes its own output as before: under
-autocast, with a base that trains, or layers set apart (training mode, spec). A weight replaced
-since (a deep copy, `model.to(dtype)`) is concatenated again at the next call.
+Under autocast the shared path computes in autocast's dtype, with one low-precision copy of
+the concatenation made once and reused while it is unchanged (`sftkit.peft.fused.CastWeights`).
+Whenever the shared path cannot run, each layer computes its own output as before: with a base
+that trains, or layers set apart (training mode, spec). A weight replaced since (a deep copy,
+`model.to(dtype)`) is concatenated again at the next call.
 
 Example:
     >>> import torch
@@ -38,7 +40,7 @@ import copy
 import torch
 from torch import nn
 
-from sftkit.peft.fused import DenseWeight, lora_linears
+from sftkit.peft.fused import CastWeights, DenseWeight, autocast_dtype, lora_linears
 from sftkit.peft.lora import LoRALinear
 
 #: Sibling layers (by name, under one parent module) that our models call on the same input.
@@ -55,6 +57,8 @@ class SharedInput:
         self._views: list[tuple[int, int | None]] = []  # none yet: `_share` makes them
         self._pending: dict[int, torch.Tensor] = {}
         self._pending_key: tuple[torch.Tensor, int, bool] | None = None
+        #: The concatenation in autocast's dtype, cast once (`sftkit.peft.fused`).
+        self.cast_weights = CastWeights()
 
     def __deepcopy__(self, memo: dict) -> SharedInput:
         """The copied members, grouped again at their first call (a copied parameter is a
@@ -89,13 +93,21 @@ class SharedInput:
         self.base = DenseWeight(weight, bias)
         self._views = self._addresses()
 
-    def _usable(self, x: torch.Tensor) -> bool:
-        """Whether the shared path gives what each member's own path would: every base
-        frozen, in x's dtype and on x's device, without autocast, and the members alike."""
+    def _dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype the shared path computes in when it gives what each member's own path
+        would (every member's fused step in that dtype, members alike, bases on x's device),
+        else None."""
         first = self.members[0]
-        return all(member._fused_base(x) is not None and member.spec == first.spec
-                   and member.training == first.training
-                   and member.base.weight.device == x.device for member in self.members)
+        dtype = first.fused_dtype(x)
+        usable = dtype is not None and all(
+            member.fused_dtype(x) == dtype and member.spec == first.spec
+            and member.training == first.training
+            and member.base.weight.device == x.device for member in self.members)
+        return dtype if usable else None
+
+    def release(self) -> None:
+        """Free the concatenation's low-precision copy (`sftkit.peft.fused.CastWeights`)."""
+        self.cast_weights.release()
 
     def output(self, member: LoRALinear, x: torch.Tensor) -> torch.Tensor | None:
         """`member(x)` through the shared path, or None when it cannot run."""
@@ -109,14 +121,18 @@ class SharedInput:
                 self._pending_key = None
             return out
         self._pending, self._pending_key = {}, None
-        if not self._usable(x):
+        dtype = self._dtype(x)
+        if dtype is None:
             return None
         if self._addresses() != self._views:  # the concatenation held here is never reused
             self.share()
+        base = self.base
+        if autocast_dtype(x) is not None:
+            base = self.cast_weights.dense(base, dtype)
         first = self.members[0]
         dropout = first.spec.dropout if first.training else 0.0
-        outputs = lora_linears(x, self.base, [(m.lora_A, m.lora_B) for m in self.members],
-                               first.scaling, dropout)
+        outputs = lora_linears(x, base, [(m.lora_A, m.lora_B) for m in self.members],
+                               first.scaling, dropout, dtype)
         self._pending = {i: out for i, out in enumerate(outputs) if i != index}
         self._pending_key = key
         return outputs[index]
