@@ -53,8 +53,8 @@ def test_help_lists_every_config_key(command, capsys):
     printed = capsys.readouterr().out
     for key in config_keys():
         assert f"\n  {key.name} = " in printed, key.name
-    assert '\n  train.epochs = 2  (int; smollm2-135m-instruct: 1)\n' \
-           "      Passes over the training split.\n" in printed
+    assert "\n  train.epochs = 2  (int; smollm2-135m-instruct lora: 1; " \
+           "smollm2-135m-instruct full: 1)\n      Passes over the training split.\n" in printed
     assert '\n  data.source = "embedded"  (str)\n' in printed
     assert "gpt2-medium-book" in printed  # the packaged recipes, for --config
 

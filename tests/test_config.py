@@ -28,6 +28,21 @@ def test_recipe_precedence(tmp_path):
     assert (config.train.epochs, config.train.eval_every) == (1, 7)
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], ("lora", 1e-3, 32, "last:15")),  # the embedded model's default method
+    (["train.method=full"], ("full", 1e-4, 16, "")),  # full fine-tuning's own recipe
+    (["train.method=dora"], ("dora", 1e-3, 32, "last:15")),  # DoRA takes LoRA's
+    (["train.method=full", "train.lr=3e-5"], ("full", 3e-5, 16, "")),  # overrides still win
+    (["model.name=gpt2", "train.method=lora"], ("lora", 5e-5, 16, "")),  # no preset recipe
+])
+def test_the_preset_recipe_follows_the_method(overrides, expected, tmp_path):
+    config = RunConfig.load(None, overrides)
+    assert (config.train.method, config.train.lr, config.lora.r, config.lora.layers) == expected
+    path = tmp_path / "run.toml"
+    path.write_text('[train]\nmethod = "full"\n')
+    assert RunConfig.load(path).train.lr == 1e-4  # the method named in a file too
+
+
 def test_resolved_toml_round_trips(tmp_path):
     config = RunConfig.load(None, ['data.fields=instruction=q,output=a', 'name=x "y"'])
     path = tmp_path / "config.toml"

@@ -4,7 +4,7 @@ for `sftkit train --help`, `sftkit run --help` and `sftkit config`.
 Example:
     >>> print(format_keys())  # doctest: +ELLIPSIS
     config keys: ...
-      train.epochs = 2  (int; smollm2-135m-instruct: 1)
+      train.epochs = 2  (int; smollm2-135m-instruct lora: 1; smollm2-135m-instruct full: 1)
           Passes over the training split.
     ...
 """
@@ -28,7 +28,7 @@ class ConfigKey:
     type: str
     default: Any
     doc: str
-    recipes: dict[str, Any]  # preset name -> the value its recipe sets
+    recipes: dict[str, Any]  # "preset method" -> the value that recipe sets
 
     @property
     def summary(self) -> str:
@@ -42,7 +42,7 @@ def config_keys(cls: type = RunConfig, prefix: str = "") -> list[ConfigKey]:
 
     >>> key = next(k for k in config_keys() if k.name == "train.epochs")
     >>> key.type, key.default, key.recipes
-    ('int', 2, {'smollm2-135m-instruct': 1})
+    ('int', 2, {'smollm2-135m-instruct lora': 1, 'smollm2-135m-instruct full': 1})
     """
     hints = get_type_hints(cls)
     docs = field_docs(cls)
@@ -55,8 +55,9 @@ def config_keys(cls: type = RunConfig, prefix: str = "") -> list[ConfigKey]:
             keys += config_keys(section_class, f"{item.name}.")
             continue
         section = prefix.rstrip(".")
-        recipes = {preset: recipe[section][item.name] for preset, recipe in PRESET_RECIPES.items()
-                   if item.name in recipe.get(section, {})}
+        recipes = {f"{preset} {method}": recipe[section][item.name]
+                   for preset, methods in PRESET_RECIPES.items()
+                   for method, recipe in methods.items() if item.name in recipe.get(section, {})}
         keys.append(ConfigKey(f"{prefix}{item.name}", expected.__name__,
                               getattr(defaults, item.name), docs.get(item.name, ""), recipes))
     return keys
