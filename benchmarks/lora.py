@@ -46,10 +46,15 @@ LABELS = {"full": "sftkit full fine-tuning", "lora": "sftkit LoRA", "dora": "sft
 class LoraBenchSpec(Spec):
     method: str = "full"  # full | lora | dora (ours) or peft (transformers + peft)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (resolved: never auto)
+    r: int = RANK  # our adapters' rank (alpha = 2r)
+    layers: str = ""  # the blocks that train: `lora.layers`, or `train.layers` for full
+    dropout: float = 0.0  # our adapters' dropout
 
     @property
     def label(self) -> str:
-        return f"{LABELS[self.method]} ({self.precision})"
+        blocks = f", blocks {self.layers}" if self.layers else ""
+        rank = f" r{self.r}" if self.method in ("lora", "dora") and self.r != RANK else ""
+        return f"{LABELS[self.method]}{rank}{blocks} ({self.precision})"
 
 
 def resolve_precision(precision: str) -> str:
@@ -75,9 +80,12 @@ class AdapterRunner(SftkitRunner):
         model.train()
         config = TrainConfig(batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                              eval_every=0, checkpoint_every=0, sample_every_epoch=False,
-                             precision=spec.precision, method=spec.method)
-        adapt_for_training(model, config, LoraConfig(r=RANK, alpha=ALPHA, dropout=0.0,
-                                                     targets="all-linear"))
+                             precision=spec.precision, method=spec.method,
+                             layers=spec.layers if spec.method == "full" else "")
+        adapter_layers = "" if spec.method == "full" else spec.layers
+        adapt_for_training(model, config, LoraConfig(r=spec.r, alpha=2.0 * spec.r,
+                                                     dropout=spec.dropout, targets="all-linear",
+                                                     layers=adapter_layers))
         self._tmp = tempfile.TemporaryDirectory(prefix="sftkit-bench-")
         self.trainer = Trainer(model, self.train, self.val, config, run_dir=self._tmp.name,
                                progress_bar=False, log=lambda message: None)

@@ -66,6 +66,9 @@ from sftkit.training.loss import mean_loss  # noqa: E402
 SLOW_GFLOPS = 60.0
 
 
+DEFAULT_DROPOUT = 0.05
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One recipe. Written as `key=value` pairs joined by commas, e.g.
@@ -85,7 +88,7 @@ class Candidate:
     """Prompt style ("" = the model's own preset style)."""
     r: int = 16
     alpha: float = 32.0
-    dropout: float = 0.05
+    dropout: float = DEFAULT_DROPOUT
     targets: str = "all-linear"
     """LoRA targets, `+`-separated (commas separate the candidate's keys)."""
     layers: str = ""
@@ -114,6 +117,8 @@ class Candidate:
                 f"{f' w{self.warmup}' if self.warmup else ''} {loss} {self.style or 'chatml'}")
         if self.method != "full":
             text += f" r{self.r} {self.targets}"
+            if self.dropout != DEFAULT_DROPOUT:
+                text += f" dropout {self.dropout:g}"
         if self.layers:
             text += f" layers {self.layers}"
         return text
@@ -508,12 +513,56 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(to be opened for the chosen candidate only)")
     parser.add_argument("--table-only", action="store_true",
                         help="print the table of --out without training")
+    parser.add_argument("--speed-steps", type=int, default=0,
+                        help="instead of training: time this many steps of each candidate "
+                        "beside full fine-tuning, in fp32 (the slow machine's precision), "
+                        "interleaved on the same batches of --data, against the FLOP ratio")
     return parser.parse_args(argv)
+
+
+def measured_speed(candidates: Sequence[Candidate], data: str, model: str, steps: int
+                   ) -> str:
+    """Markdown: each candidate's training step timed beside full fine-tuning's (fp32, the
+    model's shape with random weights, the same batches interleaved, `benchmarks.lora`'s
+    workers), the median per-step speed-up next to the one its FLOPs predict."""
+    from benchmarks.common import DataSpec
+    from benchmarks.lora import LoraBenchSpec, rate
+    from benchmarks.training import encoded_splits, run_group
+    from sftkit.models import ModelConfig, build_model
+
+    common = dict(kind="lora-sftkit", model=model, data=DataSpec(data), precision="fp32")
+    specs = [LoraBenchSpec(method="full", **common)] + [
+        LoraBenchSpec(method=c.method, r=c.r, layers=c.layers.replace("+", ","),
+                      dropout=c.dropout if c.method != "full" else 0.0, **common)
+        for c in candidates]
+    results = run_group(specs, warmup=1, steps=steps, log=lambda message: None)
+    train = encoded_splits(specs[0])[2]
+    work = epoch_workload(train, TrainConfig(), max_length=1024)  # the workers' batches
+    lines = ["| candidate | measured speed vs full fine-tuning (fp32) | by FLOPs |",
+             "|---|---|---|"]
+    full_flops = None
+    for candidate, result in zip([None, *candidates], results):
+        shape = build_model(ModelConfig.from_name(model))
+        if candidate is not None:
+            candidate.adapt(shape)
+        flops = training_flops(flop_counts(shape, candidate.method if candidate else "full"),
+                               work, 1)
+        full_flops = full_flops or flops
+        label = candidate.label if candidate else "full fine-tuning"
+        lines.append(f"| {label} | {rate(result) / rate(results[0]):.2f}× | "
+                     f"{full_flops / flops:.2f}× |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     args = parse_args(argv)
     torch.manual_seed(0)
+    if args.speed_steps:
+        text = measured_speed([Candidate.parse(c) for c in args.candidates], args.data,
+                              args.model, args.speed_steps)
+        print(f"{cpu_info()['cpu']}, load {load_average()}, {args.speed_steps} timed steps "
+              f"each:\n{text}")
+        return text
     precision = pick_precision(pick_device("cpu"), args.precision)
     probe = load_pretrained(args.model)
     rate_here = model_shape_gflops(probe.model, rows=8 * 128)
