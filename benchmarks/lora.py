@@ -33,7 +33,7 @@ from benchmarks.training import (
     run_group,
 )
 
-RANK, ALPHA = 16, 32.0
+RANK = 16  # alpha = 2 x rank
 #: transformers' names for the projections our `all-linear` adapts.
 HF_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"],
               "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -104,9 +104,16 @@ class PeftRunner(TransformersRunner):
 
         super().__init__(spec)
         family = "gpt2" if spec.model.startswith("gpt2") else "llama"
-        config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+        blocks = {}
+        if spec.layers:  # the same blocks as ours (`lora.layers`)
+            from sftkit.peft import layer_indices
+
+            n_layers = self.model.config.num_hidden_layers
+            blocks = {"layers_to_transform": list(layer_indices(spec.layers, n_layers))}
+        config = peft.LoraConfig(r=spec.r, lora_alpha=2.0 * spec.r, lora_dropout=spec.dropout,
                                  target_modules=HF_TARGETS[family],
-                                 fan_in_fan_out=family == "gpt2", task_type="CAUSAL_LM")
+                                 fan_in_fan_out=family == "gpt2", task_type="CAUSAL_LM",
+                                 **blocks)
         self.model = peft.get_peft_model(self.model, config)
         self.model.train()
         self.optimizer = torch.optim.AdamW(
@@ -121,22 +128,29 @@ RUNNERS.update({"lora-sftkit": AdapterRunner, "lora-peft": PeftRunner})
 
 
 def specs(model: str, data, hf_dir: str, threads: int, overrides: dict[str, Any],
-          precisions: tuple[str, ...] = ("fp32",)) -> list[LoraBenchSpec]:
-    """The four contenders for one model at each precision (resolved), ours first."""
+          precisions: tuple[str, ...] = ("fp32",), r: int = RANK, layers: str = ""
+          ) -> list[LoraBenchSpec]:
+    """The four contenders for one model at each precision (resolved), ours first; the
+    adapters of rank `r` in the blocks `layers` (all by default), full fine-tuning of every
+    weight."""
     common = dict(model=model, data=data, threads=threads, overrides=overrides)
+    adapters = dict(r=r, layers=layers)
     return [spec for precision in dict.fromkeys(map(resolve_precision, precisions))
-            for spec in (*(LoraBenchSpec(kind="lora-sftkit", method=method,
-                                         precision=precision, **common)
-                           for method in ("full", "lora", "dora")),
+            for spec in (LoraBenchSpec(kind="lora-sftkit", method="full", precision=precision,
+                                       **common),
+                         *(LoraBenchSpec(kind="lora-sftkit", method=method,
+                                         precision=precision, **adapters, **common)
+                           for method in ("lora", "dora")),
                          LoraBenchSpec(kind="lora-peft", method="peft", hf_dir=hf_dir,
-                                       precision=precision, **common))]
+                                       precision=precision, **adapters, **common))]
 
 
 def measure(model: str, data, hf_dir: str, threads: int, overrides: dict[str, Any],
-            precisions: tuple[str, ...], warmup: int, steps: int) -> list[dict[str, Any]]:
+            precisions: tuple[str, ...], warmup: int, steps: int, r: int = RANK,
+            layers: str = "") -> list[dict[str, Any]]:
     """`specs`' results, the four contenders of one precision at a time side by side (eight
     training processes at once can exhaust a shared machine's memory)."""
-    every = specs(model, data, hf_dir, threads, overrides, precisions)
+    every = specs(model, data, hf_dir, threads, overrides, precisions, r, layers)
     return [result for start in range(0, len(every), 4)
             for result in run_group(every[start:start + 4], warmup, steps)]
 
@@ -151,6 +165,8 @@ def markdown(groups: list[tuple[str, list[dict[str, Any]]]], machine: dict[str, 
     """The section: a row per contender and precision, the ratios the issue's targets are
     about (against our full fine-tuning and transformers + peft at the same precision)."""
     rows = []
+    adapted = next(r["spec"] for _, results in groups for r in results
+                   if r["spec"].method == "lora")
     for model, results in groups:
         rates = {(r["spec"].method, r["spec"].precision): rate(r) for r in results}
         for result in results:
@@ -169,7 +185,8 @@ def markdown(groups: list[tuple[str, list[dict[str, Any]]]], machine: dict[str, 
         f"after {load[1]} (shared machine: compare the ratios, measured side by side, "
         f"interleaved step by step, one precision at a time; medians of {steps} timed steps' "
         "supervised tokens/s). "
-        f"Adapters: r={RANK}, alpha={ALPHA:g}, dropout 0, every projection of the blocks "
+        f"Adapters: r={adapted.r}, alpha={2 * adapted.r}, dropout {adapted.dropout:g}, every "
+        f"projection of {f'the blocks {adapted.layers}' if adapted.layers else 'every block'} "
         "(ours: q/k/v/out + MLP; peft: the same by transformers' names, GPT-2's fused c_attn "
         "as one adapter); same seeded random weights; AdamW fused over the trainable "
         "parameters (ours stepped inside backward). Ratios against the contenders at the same "

@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-precision", action="append", choices=("fp32", "bf16", "fp16",
                         "auto"), help="the lora section's precisions, side by side (repeatable; "
                         "default fp32 and auto: this machine's choice, bf16 where it is fast)")
+    parser.add_argument("--lora-rank", type=int, default=16,
+                        help="the lora section's adapter rank (alpha = 2 x rank)")
+    parser.add_argument("--lora-layers", default="",
+                        help="the lora section's adapted blocks, e.g. last:15 (default all)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in every process (0 = torch's default, one per "
                         "core); on a loaded machine 1 avoids OpenMP threads waiting on each "
@@ -197,7 +201,8 @@ def section_lora(args, report: Report, tmp: Path) -> None:
         print(f"\n## LoRA: {model}, full / LoRA / DoRA / transformers + peft")
         groups.append((model, lora.measure(model, DataSpec(), hf_dir, args.threads, overrides,
                                            tuple(args.lora_precision or ("fp32", "auto")),
-                                           args.warmup, args.steps)))
+                                           args.warmup, args.steps, args.lora_rank,
+                                           args.lora_layers)))
     report.lora = lora.markdown(groups, report.machine, (load_before, load_average()),
                                 args.steps)
 

@@ -21,6 +21,7 @@ def test_toml_then_overrides(tmp_path):
 
 def test_recipe_precedence(tmp_path):
     assert RunConfig.load().train.epochs == 1
+    assert RunConfig.load().lora.dropout == 0.0  # the embedded model's LoRA recipe
     assert RunConfig.load(None, ["train.epochs=3"]).train.epochs == 3
     path = tmp_path / "run.toml"
     path.write_text("[train]\neval_every = 7\n")
@@ -29,7 +30,7 @@ def test_recipe_precedence(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    ([], ("lora", 1e-3, 32, "last:15")),  # the embedded model's default method
+    ([], ("lora", 1e-3, 32, "last:15")),  # the embedded model's default method (no dropout)
     (["train.method=full"], ("full", 1e-4, 16, "")),  # full fine-tuning's own recipe
     (["train.method=dora"], ("dora", 1e-3, 32, "last:15")),  # DoRA takes LoRA's
     (["train.method=full", "train.lr=3e-5"], ("full", 3e-5, 16, "")),  # overrides still win
