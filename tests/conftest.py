@@ -62,3 +62,27 @@ def tiny_model_dir(tmp_path):
     model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
                                               context_length=256))
     return save_native(model, gpt2_tokenizer(), tmp_path / "tiny")
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """`interrupt_at(trainer, step)`: run `trainer.fit()` with a Ctrl-C arriving just before
+    optimizer step `step` (mid-epoch, as a user would press it); returns fit's result, and
+    leaves `Trainer._step` as it was."""
+    from sftkit.training.loop import Trainer
+
+    def run(trainer, step):
+        real_step = Trainer._step
+
+        def step_then_interrupt(self, micro, progress):
+            if progress.step == step:
+                raise KeyboardInterrupt
+            return real_step(self, micro, progress)
+
+        monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
+        try:
+            return trainer.fit()
+        finally:
+            monkeypatch.setattr(Trainer, "_step", real_step)
+
+    return run

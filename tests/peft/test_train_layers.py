@@ -12,7 +12,6 @@ from sftkit.errors import SftkitError
 from sftkit.models import ModelConfig, build_model
 from sftkit.peft.setup import adapt_for_training
 from sftkit.training.checkpointing import latest_checkpoint
-from sftkit.training.loop import Trainer
 
 
 def partly_trained_model(layers="last:1", seed=0):
@@ -45,20 +44,12 @@ def test_backward_stops_below_the_lowest_trained_block():
     assert seen == {"block0": False, "block1": True}
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(char_tokenizer, tmp_path, monkeypatch):
+def test_interrupted_then_resumed_equals_uninterrupted(char_tokenizer, tmp_path, interrupt_at):
     reference = make_trainer(char_tokenizer, tmp_path / "a", partly_trained_model())
     reference.fit()
     interrupted = make_trainer(char_tokenizer, tmp_path / "b", partly_trained_model())
-    real_step = Trainer._step
-
-    def step_then_interrupt(self, micro, progress):
-        if progress.step == 11:  # mid-epoch, between two checkpoints
-            raise KeyboardInterrupt
-        return real_step(self, micro, progress)
-
-    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
-    assert interrupted.fit().status == "interrupted"
-    monkeypatch.setattr(Trainer, "_step", real_step)
+    # mid-epoch, between two checkpoints
+    assert interrupt_at(interrupted, 11).status == "interrupted"
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-000011"
     resumed = make_trainer(char_tokenizer, tmp_path / "b", partly_trained_model())
     assert resumed.fit().progress.step == 16

@@ -109,21 +109,13 @@ def test_only_adapters_train_and_get_optimizer_state(char_tokenizer, tmp_path):
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_interrupted_then_resumed_lora_equals_uninterrupted(char_tokenizer, tmp_path,
-                                                              monkeypatch, method):
+                                                              interrupt_at, method):
     reference = make_trainer(char_tokenizer, tmp_path / "a", adapted_model(method))
     reference.fit()
 
     interrupted = make_trainer(char_tokenizer, tmp_path / "b", adapted_model(method))
-    real_step = Trainer._step
-
-    def step_then_interrupt(self, micro, progress):
-        if progress.step == 11:  # mid-epoch, between two checkpoints
-            raise KeyboardInterrupt
-        return real_step(self, micro, progress)
-
-    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
-    assert interrupted.fit().status == "interrupted"
-    monkeypatch.setattr(Trainer, "_step", real_step)
+    # mid-epoch, between two checkpoints
+    assert interrupt_at(interrupted, 11).status == "interrupted"
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-000011"
 
     # The same frozen base, adapters initialised differently: the checkpoint must restore them.

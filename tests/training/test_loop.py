@@ -81,7 +81,7 @@ def test_gradient_accumulation_equals_a_bigger_batch(char_tokenizer, tmp_path, m
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(char_tokenizer, tmp_path, monkeypatch):
+def test_interrupted_then_resumed_equals_uninterrupted(char_tokenizer, tmp_path, interrupt_at):
     options = dict(drop_rate=0.1)
     reference = make_trainer(char_tokenizer, tmp_path / "a", model=tiny_model(**options),
                              schedule="cosine", warmup_steps=2, checkpoint_every=5)
@@ -89,16 +89,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(char_tokenizer, tmp_path,
 
     interrupted = make_trainer(char_tokenizer, tmp_path / "b", model=tiny_model(**options),
                                schedule="cosine", warmup_steps=2, checkpoint_every=5)
-    real_step = Trainer._step
-
-    def step_then_interrupt(self, micro, progress):
-        if progress.step == 11:  # mid-epoch, between two checkpoints
-            raise KeyboardInterrupt
-        return real_step(self, micro, progress)
-
-    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
-    assert interrupted.fit().status == "interrupted"
-    monkeypatch.setattr(Trainer, "_step", real_step)
+    # mid-epoch, between two checkpoints
+    assert interrupt_at(interrupted, 11).status == "interrupted"
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-000011"
 
     resumed = make_trainer(char_tokenizer, tmp_path / "b", model=tiny_model(seed=99, **options),

@@ -102,21 +102,12 @@ def test_a_packed_run_trains_and_counts_examples_not_rows(char_tokenizer, tmp_pa
     assert result.val_loss < first_val
 
 
-def test_an_interrupted_packed_run_resumes_bit_exactly(char_tokenizer, tmp_path, monkeypatch):
+def test_an_interrupted_packed_run_resumes_bit_exactly(char_tokenizer, tmp_path, interrupt_at):
     reference = packed_trainer(char_tokenizer, tmp_path / "a", tiny(drop_rate=0.1))
     reference.fit()
     interrupted = packed_trainer(char_tokenizer, tmp_path / "b", tiny(drop_rate=0.1))
     stop_at = interrupted.steps_per_epoch + 1  # mid-epoch, the second one
-    real_step = Trainer._step
-
-    def step_then_interrupt(self, micro, progress):
-        if progress.step == stop_at:
-            raise KeyboardInterrupt
-        return real_step(self, micro, progress)
-
-    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
-    assert interrupted.fit().status == "interrupted"
-    monkeypatch.setattr(Trainer, "_step", real_step)
+    assert interrupt_at(interrupted, stop_at).status == "interrupted"
     resumed = packed_trainer(char_tokenizer, tmp_path / "b", tiny(seed=99, drop_rate=0.1))
     assert resumed.fit().progress.step == reference.total_steps
     for (name, a), (_, b) in zip(reference.model.named_parameters(),
