@@ -82,9 +82,9 @@ def train_only_blocks(model: DecoderModel, layers: tuple[int, ...]) -> None:
     >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=3, emb_dim=32, n_heads=4,
     ...                                           vocab_size=64))
     >>> train_only_blocks(model, (2,))
-    >>> sorted({name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("blocks")
-    ...         else "") for name, p in model.named_parameters() if p.requires_grad})
-    ['blocks.2', 'final_norm']
+    >>> [p.requires_grad for p in (model.tok_emb.weight, model.blocks[1].attn.q_proj.weight,
+    ...                            model.blocks[2].attn.q_proj.weight, model.final_norm.weight)]
+    [False, False, True, True]
     """
     model.requires_grad_(False)
     for index in layers:
