@@ -87,10 +87,17 @@ def test_positions_and_padding_need_a_cache():
 
 
 @pytest.mark.parametrize(("name", "overrides"), [("gpt2", GPT2), ("smollm2-135m", LLAMA)])
-def test_tie_weights_only_ties(name, overrides):
-    """Sparse lookup gradients are the trainer's decision, not the model's."""
+def test_a_tied_lookup_takes_in_the_heads_gradient_only_when_tied(name, overrides):
+    """Tying turns on the lookup's slot for the head's gradient (`sftkit.models.embedding`);
+    an untied model's lookup is nn.Embedding's, and evaluation makes no slot."""
     model = tiny(name, **overrides)
-    assert model.lm_head.weight is model.tok_emb.weight
-    assert not model.tok_emb.sparse
+    assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.shared_with_head
     model(torch.tensor([[1, 2, 3]])).sum().backward()
-    assert not model.tok_emb.weight.grad.is_sparse
+    assert model.tok_emb.take_pending() is not None  # made, unused by plain logits
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+    assert model.tok_emb.take_pending() is None
+    untied = tiny(name, **overrides, tie_embeddings=False)
+    assert not untied.tok_emb.shared_with_head
+    untied(torch.tensor([[1, 2, 3]])).sum().backward()
+    assert untied.tok_emb.take_pending() is None

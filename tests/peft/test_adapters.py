@@ -56,6 +56,7 @@ def test_merge_gives_the_adapted_logits(name, dora):
     merged = merge_adapters(model)
     assert not adapter_layers(model) and "lm_head" in merged
     assert not model.config.tie_embeddings  # the merged head is no longer the embedding
+    assert not model.tok_emb.shared_with_head
     torch.testing.assert_close(model(idx), adapted, atol=1e-5, rtol=1e-5)
 
 

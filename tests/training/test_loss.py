@@ -1,5 +1,5 @@
 """The fused, chunked head + cross-entropy equals the plain one, values and gradients; a tied
-embedding's sparse gradient lands in the head's gradient."""
+embedding's lookup adds its rows into the head's gradient, in place."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sftkit.models import ModelConfig, build_model
 from sftkit.training.loss import head_cross_entropy, supervised_loss_sum
-from sftkit.training.steps import use_sparse_embedding_gradient
 
 
 def reference_grads(hidden, head, targets, scale):
@@ -77,15 +76,14 @@ def test_under_autocast_the_plain_path_runs_with_an_fp32_softmax():
 
 @pytest.mark.parametrize("family", ["gpt2", "smollm2-135m"])
 def test_model_gradients_equal_the_reference_full_logits_loss(family):
-    """The whole model (tied embedding, sparse lookup gradient, fused head) against the book's
-    loss: logits at every position, cross-entropy ignoring -100."""
+    """The whole model (tied embedding taking in the head's gradient, fused head) against the
+    book's loss: logits at every position, cross-entropy ignoring -100."""
     overrides = dict(n_layers=2, emb_dim=32, n_heads=4, vocab_size=300, context_length=64)
     if family != "gpt2":
         overrides.update(n_kv_heads=2, hidden_dim=64)
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name(family, **overrides)).double()
-    use_sparse_embedding_gradient(model)  # as the trainer does
-    assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.sparse
+    assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.shared_with_head
     inputs = torch.randint(0, 300, (3, 12))
     targets = torch.randint(0, 300, (3, 12))
     targets[0, 8:] = -100
@@ -104,6 +102,50 @@ def test_model_gradients_equal_the_reference_full_logits_loss(family):
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(fused[name], parameter.grad, rtol=1e-9, atol=1e-12,
                                    msg=name)
+
+
+class NewVocabSized(TorchDispatchMode):
+    """Records the ops that make a tensor of `numel` elements in new memory (not in place,
+    not a view of an input)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {tensor.untyped_storage().data_ptr()
+                  for tensor in pytree.tree_leaves((args, kwargs))
+                  if isinstance(tensor, torch.Tensor)}
+        out = func(*args, **(kwargs or {}))
+        for tensor in pytree.tree_leaves(out):
+            if (isinstance(tensor, torch.Tensor) and tensor.numel() == self.numel
+                    and tensor.untyped_storage().data_ptr() not in inputs):
+                self.ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_tied_weight_gets_one_vocab_sized_gradient(accumulate):
+    """Backward makes no vocab-sized tensor: the head's gradient (made in forward) takes in
+    the lookup's rows in place and becomes the weight's `.grad`; a second micro-batch adds to
+    it in place. Autograd's own way made the lookup's gradient and a sum, two more."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=16, n_heads=2,
+                                              vocab_size=97, context_length=16)).double()
+    reference = build_model(model.config).double()
+    reference.load_state_dict(model.state_dict())
+    reference.tok_emb.shared_with_head = False  # nn.Embedding's own lookup and gradient
+    for _ in range(accumulate):
+        inputs = torch.randint(0, 97, (2, 8))
+        total, _count = supervised_loss_sum(model, inputs, inputs.roll(-1, 1))
+        with NewVocabSized(model.tok_emb.weight.numel()) as watch:
+            total.backward()
+        assert watch.ops == []
+        logits = reference(inputs)  # autograd sums the head's and the lookup's gradients
+        F.cross_entropy(logits.flatten(0, 1), inputs.roll(-1, 1).flatten(),
+                        reduction="sum").backward()
+    torch.testing.assert_close(model.tok_emb.weight.grad, reference.tok_emb.weight.grad,
+                               rtol=1e-9, atol=1e-12)
 
 
 class LargestOutput(TorchDispatchMode):

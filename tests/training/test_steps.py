@@ -6,34 +6,14 @@ from __future__ import annotations
 import logging
 
 import torch
-from test_loop import make_trainer, tiny_model
+from test_loop import tiny_model
 
 from sftkit.config import TrainConfig
 from sftkit.data.collate import Batch
-from sftkit.models import ModelConfig, build_model
 from sftkit.training.loss import supervised_loss_sum
-from sftkit.training.steps import (
-    InBackwardStep,
-    PlainStep,
-    make_step,
-    use_sparse_embedding_gradient,
-)
+from sftkit.training.steps import InBackwardStep, PlainStep, make_step
 
 CPU = torch.device("cpu")
-
-
-def test_the_sparse_lookup_gradient_is_the_trainers_decision(char_tokenizer, tmp_path):
-    model = tiny_model()
-    model.tok_emb.sparse = False  # as a model that leaves training decisions alone builds it
-    make_trainer(char_tokenizer, tmp_path, model=model)
-    assert model.tok_emb.sparse
-    use_sparse_embedding_gradient(model)  # idempotent
-    assert model.tok_emb.sparse and model.lm_head.weight is model.tok_emb.weight
-
-    untied = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32, n_heads=2,
-                                               vocab_size=50, tie_embeddings=False))
-    use_sparse_embedding_gradient(untied)
-    assert not untied.tok_emb.sparse
 
 
 def test_the_strategy_follows_the_config(caplog):

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sftkit.errors import SftkitError
 from sftkit.models.config import ModelConfig
+from sftkit.models.embedding import TokenEmbedding
 from sftkit.models.kv_cache import CachedCall, KVCache, LayerKVCache
 
 
@@ -69,7 +70,7 @@ class DecoderModel(nn.Module):
     has a `kv_cache` attribute), `final_norm`, `lm_head` and implement `forward_hidden`."""
 
     config: ModelConfig
-    tok_emb: nn.Embedding
+    tok_emb: TokenEmbedding
     blocks: nn.ModuleList
     lm_head: nn.Linear
     activation_checkpointing: bool = False
@@ -165,7 +166,8 @@ class DecoderModel(nn.Module):
         self.tie_weights()
 
     def tie_weights(self) -> None:
-        """Share the output head's weight with the token embedding (when configured).
+        """Share the output head's weight with the token embedding (when configured), whose
+        training lookups then take in the head's gradient (`sftkit.models.embedding`).
 
         Example:
             >>> from sftkit.models import build_model
@@ -178,6 +180,7 @@ class DecoderModel(nn.Module):
         """
         if self.config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        self.tok_emb.shared_with_head = self.config.tie_embeddings
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied head counts once); a quantized frozen layer counts the

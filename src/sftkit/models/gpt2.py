@@ -25,6 +25,7 @@ from torch import nn
 
 from sftkit.models.base import DecoderModel, PackedLayout
 from sftkit.models.config import ModelConfig
+from sftkit.models.embedding import TokenEmbedding
 from sftkit.models.kv_cache import KVCache, LayerKVCache
 
 
@@ -100,7 +101,7 @@ class GPTModel(DecoderModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.tok_emb = TokenEmbedding(config.vocab_size, config.emb_dim)
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
         self.drop = nn.Dropout(config.drop_rate)
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layers))

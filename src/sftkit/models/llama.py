@@ -30,6 +30,7 @@ from torch import nn
 
 from sftkit.models.base import DecoderModel, PackedLayout
 from sftkit.models.config import ModelConfig
+from sftkit.models.embedding import TokenEmbedding
 from sftkit.models.kv_cache import KVCache, LayerKVCache
 
 
@@ -151,7 +152,7 @@ class LlamaModel(DecoderModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.tok_emb = TokenEmbedding(config.vocab_size, config.emb_dim)
         self.drop = nn.Dropout(config.drop_rate)
         self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layers))
         self.final_norm = RMSNorm(config.emb_dim, config.norm_eps)

@@ -174,5 +174,6 @@ def merge_adapters(model: DecoderModel) -> list[str]:
         merged.append(name)
     if HEAD in merged and model.config.tie_embeddings:
         model.config = dataclasses.replace(model.config, tie_embeddings=False)
+        model.tok_emb.shared_with_head = False
     model.requires_grad_(True)
     return merged

@@ -77,7 +77,6 @@ from sftkit.training.steps import (
     NonFiniteLoss,
     StepStats,
     make_step,
-    use_sparse_embedding_gradient,
 )
 
 
@@ -184,8 +183,6 @@ class Trainer:
         replica = None
         if self.world.is_distributed:
             replica = replicate(self.model, config.strategy, self.device)
-        else:  # DDP expects a sparse gradient of an embedding whose tied gradient is dense
-            use_sparse_embedding_gradient(self.model)
         self.strategy = make_step(self.model, config, self.device, self.precision, replica)
         self.replica = replica
         self._replica_loss = replica.loss_sum if replica is not None else None

@@ -38,6 +38,7 @@ from torch.autograd.function import once_differentiable
 from sftkit.data.collate import IGNORE_INDEX, Batch
 from sftkit.data.packing import PackedBatch
 from sftkit.models.base import DecoderModel
+from sftkit.models.embedding import HeadGradient
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
     from typing_extensions import Unpack
@@ -68,14 +69,19 @@ class _HeadCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows, grad_enabled, compute_dtype):
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows, grad_enabled, compute_dtype,
+                tied):
         # `needs_input_grad` says True for a parameter even under no_grad (evaluation), where
-        # making the gradients would only waste two vocab-sized matmuls per chunk.
-        need = tuple(grad_enabled and needed for needed in ctx.needs_input_grad[:3])
+        # making the gradients would only waste two vocab-sized matmuls per chunk. A tied
+        # weight comes detached, its gradient going to the lookup (`tied`).
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        need = tuple(grad_enabled and needed
+                     for needed in (need_hidden, need_weight or tied is not None, need_bias))
         with torch.autocast(hidden.device.type, enabled=False):  # the casts are ours
             loss, grads = _chunked_head_loss(hidden, weight, bias, targets, chunk_rows, need,
                                              compute_dtype)
         ctx.grads = grads
+        ctx.tied = tied
         return loss
 
     @staticmethod
@@ -85,7 +91,11 @@ class _HeadCrossEntropy(torch.autograd.Function):
         del ctx.grads  # not kept alive by the graph once backward is done
         if not bool(grad_loss == 1):
             grads = tuple(None if grad is None else grad.mul_(grad_loss) for grad in grads)
-        return *grads, None, None, None, None
+        grad_hidden, grad_weight, grad_bias = grads
+        if ctx.tied is not None and grad_weight is not None:
+            ctx.tied.add(grad_weight)  # the lookup adds its rows and hands it to autograd
+            grad_weight = None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -152,11 +162,14 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 
 def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
-                       chunk_rows: int | None = None) -> torch.Tensor:
+                       chunk_rows: int | None = None, tied: HeadGradient | None = None
+                       ) -> torch.Tensor:
     """Summed cross-entropy of `head(hidden)` (N, vocab) against `targets` (N,), as one fused,
     chunked step: in full precision, and under bf16/fp16 autocast with matmuls in that dtype
     and an fp32 softmax. Where it cannot run (hidden and weight of different dtypes without
-    autocast) the plain head + cross-entropy runs, and a warning says so once.
+    autocast) the plain head + cross-entropy runs, and a warning says so once. `tied` is the
+    token embedding's slot when the head's weight is the embedding's
+    (`sftkit.models.embedding`): the weight's gradient is left there, not returned.
 
     Example:
         >>> import torch
@@ -180,8 +193,12 @@ def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: tor
         return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
     if chunk_rows is None:
         chunk_rows = max(16, CHUNK_BYTES // (weight.shape[0] * weight.element_size()))
+    if tied is not None and weight.requires_grad:
+        weight = weight.detach()
+    else:
+        tied = None
     return _HeadCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows,
-                                   torch.is_grad_enabled(), compute_dtype)
+                                   torch.is_grad_enabled(), compute_dtype, tied)
 
 
 _warned: set[str] = set()
@@ -210,7 +227,10 @@ def supervised_loss_sum(model: DecoderModel, inputs: torch.Tensor, targets: torc
     batch's `positions=` and `document_ids=` (`packed_layout`), passed on to the model."""
     hidden = model.forward_hidden(inputs, **packed)
     supervised = targets != IGNORE_INDEX
-    loss = head_cross_entropy(hidden[supervised], model.lm_head, targets[supervised])
+    tied = model.tok_emb.take_pending() if model.lm_head.weight is model.tok_emb.weight \
+        else None
+    loss = head_cross_entropy(hidden[supervised], model.lm_head, targets[supervised],
+                              tied=tied)
     return loss, supervised.sum()
 
 

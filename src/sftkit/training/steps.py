@@ -261,22 +261,3 @@ def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
     step.replica = replica
     return step
 
-
-def use_sparse_embedding_gradient(model: DecoderModel) -> None:
-    """Give a tied token embedding a sparse lookup gradient (idempotent; untied: no change).
-
-    The lookup touches only the batch's rows, and autograd adds that sparse gradient into the
-    output head's dense one in place: no second vocab-sized gradient is made, zero-filled and
-    summed every step. Only training needs it, so the trainer decides, not the model.
-
-    Example:
-        >>> from sftkit.models import ModelConfig, build_model
-        >>> model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=32,
-        ...                                           n_heads=2, vocab_size=50))
-        >>> use_sparse_embedding_gradient(model)
-        >>> model.tok_emb.sparse
-        True
-    """
-    if model.lm_head.weight is model.tok_emb.weight:
-        model.tok_emb.sparse = True
-
