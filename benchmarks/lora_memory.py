@@ -80,15 +80,13 @@ def build(model_name: str, method: str, base_dtype: str, dropout: float,
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.training import Spec, encoded_splits, longest_batch
     from sftkit.config import TrainConfig
-    from sftkit.training.steps import make_step, use_sparse_embedding_gradient
+    from sftkit.training.steps import make_step
 
     overrides = json.loads(args.overrides)
     spec = Spec(kind="sftkit", model=args.model, data=DataSpec(args.data), overrides=overrides)
     batch = longest_batch(encoded_splits(spec)[2], spec)
     model = build(args.model, args.method, args.base_dtype, args.dropout, overrides)
     model.activation_checkpointing = args.checkpointing
-    if args.method == "full":
-        use_sparse_embedding_gradient(model)
     model.train()
     step = make_step(model, TrainConfig(lr=5e-5), torch.device("cpu"), "fp32")
     seconds = []

@@ -264,7 +264,7 @@ class Report:
         names = {"no-grouping": "length-grouped batches", "full-logits":
                  "head + cross-entropy only at supervised positions",
                  "unfused-head": "fused, chunked head + cross-entropy",
-                 "dense-embedding-grad": "sparse lookup gradient of the tied embedding",
+                 "dense-embedding-grad": "the tied lookup adding into the head's gradient",
                  "no-step-in-backward": "AdamW stepped inside backward",
                  "plain-adamw": "fused AdamW (vs plain)", "foreach-adamw":
                  "fused AdamW (vs foreach)", "bf16": "bf16 autocast (not used: auto → fp32)",

@@ -35,7 +35,8 @@ LEVERS = {
     "full-logits": "head + cross-entropy at every position (not only supervised ones)",
     "unfused-head": "head + cross-entropy as two ops with whole logits (not the fused, chunked "
                     "step)",
-    "dense-embedding-grad": "a dense gradient for the tied embedding's lookup (not sparse)",
+    "dense-embedding-grad": "autograd's tied gradient (the lookup's own, then summed with the "
+                            "head's)",
     "no-step-in-backward": "AdamW stepped after backward (not inside it)",
     "plain-adamw": "plain AdamW (foreach=False, fused=False) instead of fused",
     "foreach-adamw": "foreach AdamW instead of fused",
@@ -166,7 +167,7 @@ class BaselineRunner(Runner):
 
         super().__init__(spec)
         self.model = build_weights(spec)
-        self.model.tok_emb.sparse = False  # nn.Embedding's default, as in the book's model
+        self.model.tok_emb.shared_with_head = False  # nn.Embedding's lookup, as the book's
         self.model.train()
         self.optimizer = make_plain_adamw(self.model, spec.lr)
 
@@ -236,8 +237,8 @@ class SftkitRunner(Runner):
         self._tmp = tempfile.TemporaryDirectory(prefix="sftkit-bench-")
         self.trainer = loop.Trainer(model, self.train, self.val, config, run_dir=self._tmp.name,
                                     progress_bar=False, log=lambda message: None)
-        if self.lever == "dense-embedding-grad":  # after the trainer, which turns it on
-            model.tok_emb.sparse = False
+        if self.lever == "dense-embedding-grad":  # autograd's: a lookup gradient, then a sum
+            model.tok_emb.shared_with_head = False
         if self.lever in ("plain-adamw", "foreach-adamw"):
             optimizer = torch.optim.AdamW(
                 model.parameters(), lr=spec.lr, weight_decay=config.weight_decay,
