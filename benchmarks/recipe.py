@@ -284,16 +284,16 @@ def run_candidate(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
     counts = flop_counts(model, candidate.method)
     clock = _Clock()
     earlier = _earlier_rows(candidate, setup)
-    if len(earlier) >= candidate.epochs:
+    if len(earlier) >= candidate.epochs and not _sealed_test_missing(candidate, setup):
         print(f"[{candidate.label}] done already in {setup.out}", flush=True)
         return earlier
     clock.seconds = earlier[-1]["train_s"] if earlier else 0.0
     rows: list[dict[str, Any]] = list(earlier)
 
-    def after_epoch(trained: DecoderModel) -> str:
+    def after_epoch(trained: DecoderModel, epoch: int | None = None) -> str:
         with clock.paused():
             row = {"label": candidate.label, "candidate": dataclasses.asdict(candidate),
-                   "split": setup.split, "epoch": len(rows) + 1,
+                   "split": setup.split, "epoch": epoch or len(rows) + 1,
                    "train_s": round(clock.seconds, 1), "load": load_average(),
                    "counts": counts, "work_here": here, "work_slow": slow}
             row.update(score_epoch(trained, loaded, style, getattr(setup.splits, setup.split),
@@ -312,10 +312,21 @@ def run_candidate(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:
               f"{trainable(model) / 1e6:.2f}M weights train, "
               f"{optimizer_parameters(trainer) / 1e6:.2f}M in the optimizer", flush=True)
         clock.start()
-        trainer.fit(resume=setup.work_dir is not None)
-    if rows:
+        result = trainer.fit(resume=setup.work_dir is not None)
+    finished = result.status == "completed" and not setup.max_steps
+    if finished and (not rows or rows[-1]["epoch"] < candidate.epochs):
+        # A rerun after the training had finished but its last scoring was killed: the
+        # trainer resumed from its final checkpoint, so the model holds the final weights.
+        after_epoch(model, epoch=candidate.epochs)
+    if rows and (len(rows) > len(earlier) or _sealed_test_missing(candidate, setup)):
         _after_training(candidate, setup, loaded, rows)
     return rows
+
+
+def _sealed_test_missing(candidate: Candidate, setup: Setup) -> bool:
+    """Whether `--sealed-test` is asked for and has no score of `candidate` yet."""
+    return setup.sealed_test is not None and not any(
+        row.get("label") == candidate.label for row in read_rows(setup.sealed_test))
 
 
 def _earlier_rows(candidate: Candidate, setup: Setup) -> list[dict[str, Any]]:

@@ -149,3 +149,14 @@ def test_recipe_sweep_scores_each_epoch_and_merges_adapters(bench, tmp_path, cap
     assert trained == in_optimizer  # the frozen base has no optimizer state
     recipe.main(args)  # a rerun finds every candidate done
     assert recipe.read_rows(out) == rows
+    # Killed once training had finished, before the last epoch's scores and the sealed test
+    # were written: the rerun scores the final checkpoint's weights, without training again.
+    last = scored[1]
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows if row != last))
+    full_sealed, lora_sealed = recipe.read_rows(sealed)
+    sealed.write_text(json.dumps(lora_sealed) + "\n")
+    recipe.main(args)
+    again = [row for row in recipe.read_rows(out) if row.get("epoch") == 2]
+    assert len(again) == 1 and again[0]["responses"] == last["responses"]
+    assert again[0]["loss"] == last["loss"]
+    assert recipe.read_rows(sealed)[-1]["responses"] == full_sealed["responses"]
