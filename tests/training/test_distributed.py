@@ -158,19 +158,20 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path, strategy, me
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_resume_one_and_one_resumes_two(tmp_path, strategy):
+@pytest.mark.parametrize(("strategy", "method"),
+                         [("ddp", "full"), ("fsdp", "full"), ("fsdp", "lora")])
+def test_two_processes_resume_one_and_one_resumes_two(tmp_path, strategy, method):
     """Half the steps on 2 processes, the rest in 1 (2 -> 1), and the reverse (1 -> 2),
     give the uninterrupted run's losses and weights."""
-    train(tmp_path / "whole", "full", batch_size=4, grad_accum=1, max_steps=8)
-    launched = torchrun(tmp_path / "two-one", "full", "2", "1", strategy, "4")
+    train(tmp_path / "whole", method, batch_size=4, grad_accum=1, max_steps=8)
+    launched = torchrun(tmp_path / "two-one", method, "2", "1", strategy, "4")
     assert launched.returncode == 0, launched.stderr[-3000:]
-    train(tmp_path / "two-one", "full", batch_size=4, grad_accum=1, max_steps=8)
-    assert_same_training(tmp_path / "whole", tmp_path / "two-one", "full", "ddp")
-    train(tmp_path / "one-two", "full", batch_size=4, grad_accum=1, max_steps=4)
-    launched = torchrun(tmp_path / "one-two", "full", "2", "1", strategy, "8")
+    train(tmp_path / "two-one", method, batch_size=4, grad_accum=1, max_steps=8)
+    assert_same_training(tmp_path / "whole", tmp_path / "two-one", method, "ddp")
+    train(tmp_path / "one-two", method, batch_size=4, grad_accum=1, max_steps=4)
+    launched = torchrun(tmp_path / "one-two", method, "2", "1", strategy, "8")
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert_same_training(tmp_path / "whole", tmp_path / "one-two", "full", strategy)
+    assert_same_training(tmp_path / "whole", tmp_path / "one-two", method, strategy)
 
 
 @pytest.mark.slow

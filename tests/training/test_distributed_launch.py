@@ -1,7 +1,7 @@
 """`sftkit train --nproc 2` relaunches itself through torchrun: two processes train (gloo,
 loopback, a free port), with DDP or FSDP2, and rank 0 alone writes the run's files; a rank
-that fails ends the job with a message naming it; SIGTERM ends every rank, with a message,
-the last checkpoint intact."""
+that fails ends the job with a message naming it; SIGTERM ends every rank after the step it
+is in, with a checkpoint of that step and a message."""
 
 from __future__ import annotations
 
@@ -67,25 +67,41 @@ def test_a_failing_rank_ends_the_job_naming_it(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_every_rank_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_sigterm_ends_every_rank_after_a_step_it_saves(tmp_path, tiny_model_dir, strategy):
+    """No periodic checkpoint: the one there after SIGTERM is the ranks' save of the step they
+    agreed to stop after, and it loads."""
     from sftkit.checkpoints import load_pretrained
     from sftkit.training.checkpointing import latest_checkpoint, load_checkpoint
+    from sftkit.training.sharded import load_sharded_checkpoint
 
     launcher = subprocess.Popen(
         command("train", "--nproc", "2", f"runs_dir={tmp_path}", "name=t",
                 f"model.name={tiny_model_dir}", f"data.source={data_file(tmp_path)}",
-                "train.epochs=50", "train.checkpoint_every=1", "train.precision=fp32"),
+                "train.epochs=50", "train.checkpoint_every=0", "train.eval_every=1",
+                "train.precision=fp32", f"train.strategy={strategy}"),
         env=loopback_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    checkpoints = tmp_path / "t" / "checkpoints"
+    metrics = tmp_path / "t" / "metrics.jsonl"
     try:
         deadline = time.monotonic() + LAUNCH_SECONDS
-        while latest_checkpoint(checkpoints) is None and time.monotonic() < deadline:
-            time.sleep(0.5)
+        while not (metrics.exists() and metrics.read_text().strip()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
         launcher.send_signal(signal.SIGTERM)
-        _, stderr = launcher.communicate(timeout=LAUNCH_SECONDS)
+        stdout, stderr = launcher.communicate(timeout=LAUNCH_SECONDS)
     finally:
         launcher.kill()
     assert launcher.returncode == 2, stderr[-3000:]
     assert "sftkit train: error: stopped by SIGTERM: torchrun ended the 2 processes" in stderr
+    assert "SIGTERM: finishing the training step, then stopping" in stderr
+    saved = latest_checkpoint(tmp_path / "t" / "checkpoints")
+    assert saved is not None, stderr[-3000:]
+    step = int(saved.name.removeprefix("step-"))
+    assert f"interrupted at step {step}; saved" in stdout + stderr
     model = load_pretrained(str(tiny_model_dir)).model
-    assert load_checkpoint(latest_checkpoint(checkpoints), model).step >= 1
+    if strategy == "fsdp":
+        from sftkit.training.replicas import LossModel
+
+        assert load_sharded_checkpoint(saved, LossModel(model)).step >= 1
+    else:
+        assert load_checkpoint(saved, model).step >= 1

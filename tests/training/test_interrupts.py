@@ -1,14 +1,17 @@
-"""Ctrl-C in the middle of a step with the in-backward AdamW (the weights half-updated) never
-ends in a checkpoint of a torn step: resume is bit-identical to an uninterrupted run."""
+"""Ctrl-C or SIGTERM in the middle of a step with the in-backward AdamW (the weights
+half-updated) never ends in a checkpoint of a torn step: resume is bit-identical to an
+uninterrupted run."""
 
 from __future__ import annotations
 
 import signal
 
+import pytest
 import torch
 from test_loop import make_trainer, tiny_model
 
 from sftkit.training.checkpointing import latest_checkpoint
+from sftkit.training.interrupts import deferred_interrupts
 
 OPTIONS = dict(schedule="cosine", warmup_steps=2, checkpoint_every=5)
 
@@ -84,3 +87,28 @@ def test_an_interrupt_that_tears_a_step_saves_nothing(char_tokenizer, tmp_path):
     assert result.checkpoint.name == "step-000010"
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-000010"
     resume_and_compare(char_tokenizer, tmp_path, reference)
+
+
+def test_sigterm_mid_backward_lands_after_the_step(char_tokenizer, tmp_path):
+    """A scheduler's SIGTERM is held back like a Ctrl-C: the step finishes and is saved."""
+    interrupted = trainer(char_tokenizer, tmp_path / "b")
+    handles = interrupt_mid_backward(interrupted.model, step=7,
+                                     interrupt=lambda: signal.raise_signal(signal.SIGTERM))
+    result = interrupted.fit()
+    for handle in handles:
+        handle.remove()
+    assert result.status == "interrupted" and result.progress.step == 7
+    assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-000007"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
+def test_every_rank_stops_when_one_was_signalled():
+    """`agree` makes one rank's signal every rank's decision, and a rank's signal is not
+    enough when the ranks do not agree to stop."""
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts(agree=lambda stop: True):  # another rank was signalled
+            pass
+    decisions = []
+    with deferred_interrupts(agree=lambda stop: decisions.append(stop) or False):
+        signal.raise_signal(signal.SIGTERM)
+    assert decisions == [True]

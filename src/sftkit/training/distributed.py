@@ -243,8 +243,9 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m sftkit *argv` on `nproc` processes of this machine through torchrun's
     own launcher (`torch.distributed.run`, at a free port); returns 0 when every rank
     succeeded. A rank that fails ends the job (torchrun stops the others): a `SftkitError`
-    names it, with its exit code. A signal to this process (Ctrl-C, SIGTERM) ends every rank:
-    a `SftkitError` names it."""
+    names it, with its exit code. A signal to this process (Ctrl-C, SIGTERM) ends every rank,
+    each after the training step it is in and its checkpoint (torchrun sends them SIGTERM and
+    waits 30 s before it kills them): a `SftkitError` names it."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
@@ -253,9 +254,9 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "sftkit", *argv])
     except SignalException as stop:  # Ctrl-C, or SIGTERM from a scheduler
         raise SftkitError(f"stopped by {stop.sigval.name}: torchrun ended the {nproc} "
-                          "processes; the checkpoints already written are complete (one cut "
-                          "short is never published); run the same command again to resume "
-                          "from the last") from None
+                          "processes, which first finished their training step and saved it "
+                          "(a checkpoint cut short is never published); run the same command "
+                          "again to resume from the last checkpoint") from None
     except ChildFailedError as error:
         # Every failed rank: which one failed first is not always the one torchrun names
         # first (a rank that exits cleanly with an error code, then its peers' broken links).

@@ -226,7 +226,8 @@ class Trainer:
         try:
             while progress.step < self.total_steps:
                 for micro_batches in self._steps_of_epoch(progress):
-                    with deferred_interrupts():  # Ctrl-C lands between steps, not in one
+                    # Ctrl-C or SIGTERM lands between steps, not in one, on every rank.
+                    with deferred_interrupts(agree=self._any_rank_stops):
                         loss = self._step(micro_batches, progress)
                         self._after_step(progress, loss, bar)
                     if progress.step == self.total_steps:
@@ -245,6 +246,13 @@ class Trainer:
         row = self.last_record
         return TrainResult("completed", progress, row["train_loss"] if row else None,
                            row["val_loss"] if row else None, path)
+
+    def _any_rank_stops(self, stop: bool) -> bool:
+        """Whether any rank was signalled to stop during the step (this one's `stop` in one
+        process): the ranks stop after the same step, and save it together."""
+        if not self.world.is_distributed:
+            return stop
+        return distributed.all_reduce_sum([float(stop)], self._reduce_device)[0] > 0
 
     def _start(self, resume: bool) -> TrainProgress:
         """Progress from the newest checkpoint that loads (or from scratch); the curves start
