@@ -94,6 +94,8 @@ class Candidate:
     layers: str = ""
     """The blocks that train: `lora.layers` (the blocks with adapters) or, for full
     fine-tuning, `train.layers` ("" = all, `last:N`, `a-b` ranges joined by `+`)."""
+    batch: int = 8
+    """Examples per optimizer step (`train.batch_size`)."""
 
     @classmethod
     def parse(cls, text: str) -> Candidate:
@@ -121,10 +123,13 @@ class Candidate:
                 text += f" dropout {self.dropout:g}"
         if self.layers:
             text += f" layers {self.layers}"
+        if self.batch != 8:
+            text += f" batch {self.batch}"
         return text
 
     def train_config(self, precision: str) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, schedule=self.schedule,
+                           batch_size=self.batch,
                            warmup_steps=self.warmup, mask_prompt=self.mask_prompt,
                            eval_every=0, eval_batches=1, checkpoint_every=25,
                            precision=precision)

@@ -105,9 +105,8 @@ def test_sigterm_mid_backward_lands_after_the_step(char_tokenizer, tmp_path):
 def test_every_rank_stops_when_one_was_signalled():
     """`agree` makes one rank's signal every rank's decision, and a rank's signal is not
     enough when the ranks do not agree to stop."""
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_interrupts(agree=lambda stop: True):  # another rank was signalled
-            pass
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts(agree=lambda stop: True):
+        pass  # another rank was signalled
     decisions = []
     with deferred_interrupts(agree=lambda stop: decisions.append(stop) or False):
         signal.raise_signal(signal.SIGTERM)
