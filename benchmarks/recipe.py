@@ -540,7 +540,8 @@ def measured_speed(candidates: Sequence[Candidate], data: str, model: str, steps
                    ) -> str:
     """Markdown: each candidate's training step timed beside full fine-tuning's (fp32, the
     model's shape with random weights, the same batches interleaved, `benchmarks.lora`'s
-    workers), the median per-step speed-up next to the one its FLOPs predict."""
+    workers), the median speed-up in supervised tokens/s next to the one its FLOPs per epoch
+    predict (a candidate of another batch size draws its own batches of the same data)."""
     from benchmarks.common import DataSpec
     from benchmarks.lora import LoraBenchSpec, rate
     from benchmarks.training import encoded_splits, run_group
@@ -549,11 +550,11 @@ def measured_speed(candidates: Sequence[Candidate], data: str, model: str, steps
     common = dict(kind="lora-sftkit", model=model, data=DataSpec(data), precision="fp32")
     specs = [LoraBenchSpec(method="full", **common)] + [
         LoraBenchSpec(method=c.method, r=c.r, layers=c.layers.replace("+", ","),
-                      dropout=c.dropout if c.method != "full" else 0.0, **common)
+                      dropout=c.dropout if c.method != "full" else 0.0,
+                      batch_size=c.batch, **common)
         for c in candidates]
     results = run_group(specs, warmup=1, steps=steps, log=lambda message: None)
     train = encoded_splits(specs[0])[2]
-    work = epoch_workload(train, TrainConfig(), max_length=1024)  # the workers' batches
     lines = ["| candidate | measured speed vs full fine-tuning (fp32) | by FLOPs |",
              "|---|---|---|"]
     full_flops = None
@@ -561,8 +562,10 @@ def measured_speed(candidates: Sequence[Candidate], data: str, model: str, steps
         shape = build_model(ModelConfig.from_name(model))
         if candidate is not None:
             candidate.adapt(shape)
+        work = epoch_workload(train, TrainConfig(batch_size=candidate.batch if candidate
+                                                 else 8), max_length=1024)  # its batches
         flops = training_flops(flop_counts(shape, candidate.method if candidate else "full"),
-                               work, 1)
+                               work, 1)  # an epoch's: the same tokens, any batch size
         full_flops = full_flops or flops
         label = candidate.label if candidate else "full fine-tuning"
         lines.append(f"| {label} | {rate(result) / rate(results[0]):.2f}× | "
