@@ -148,6 +148,30 @@ def test_a_tied_weight_gets_one_vocab_sized_gradient(accumulate):
                                rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "smollm2-135m"])
+def test_a_tied_weight_under_bf16_autocast_gets_autograds_gradient(family):
+    """Under bf16 autocast (the fused head's matmuls in bf16), the tied weight's gradient is
+    the one autograd makes from the same fused loss with nn.Embedding's own lookup."""
+    overrides = dict(n_layers=2, emb_dim=32, n_heads=4, vocab_size=300, context_length=64)
+    if family != "gpt2":
+        overrides.update(n_kv_heads=2, hidden_dim=64)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name(family, **overrides))
+    reference = build_model(model.config)
+    reference.load_state_dict(model.state_dict())
+    reference.tok_emb.shared_with_head = False
+    inputs, targets = torch.randint(0, 300, (3, 12)), torch.randint(0, 300, (3, 12))
+    targets[0, 8:] = -100
+    for each in (model, reference):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            total, count = supervised_loss_sum(each, inputs, targets)
+        (total / count).backward()
+    assert model.tok_emb.weight.grad.dtype == torch.float32
+    for (name, ours), (_, theirs) in zip(model.named_parameters(),
+                                         reference.named_parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 class LargestOutput(TorchDispatchMode):
     """Records the largest number of elements any op makes."""
 
