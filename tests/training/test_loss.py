@@ -74,15 +74,29 @@ def test_under_autocast_the_plain_path_runs_with_an_fp32_softmax():
     torch.testing.assert_close(loss, expected, rtol=2e-2, atol=0)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "smollm2-135m"])
-def test_model_gradients_equal_the_reference_full_logits_loss(family):
-    """The whole model (tied embedding taking in the head's gradient, fused head) against the
-    book's loss: logits at every position, cross-entropy ignoring -100."""
+def tiny_tied(family):
+    """A tiny random model of `family` with a tied head (seeded)."""
     overrides = dict(n_layers=2, emb_dim=32, n_heads=4, vocab_size=300, context_length=64)
     if family != "gpt2":
         overrides.update(n_kv_heads=2, hidden_dim=64)
     torch.manual_seed(0)
-    model = build_model(ModelConfig.from_name(family, **overrides)).double()
+    return build_model(ModelConfig.from_name(family, **overrides))
+
+
+def autograd_twin(model):
+    """A copy of `model` whose lookup is nn.Embedding's own: autograd sums the tied weight's
+    two gradients."""
+    twin = build_model(model.config).to(model.tok_emb.weight.dtype)
+    twin.load_state_dict(model.state_dict())
+    twin.tok_emb.shared_with_head = False
+    return twin
+
+
+@pytest.mark.parametrize("family", ["gpt2", "smollm2-135m"])
+def test_model_gradients_equal_the_reference_full_logits_loss(family):
+    """The whole model (tied embedding taking in the head's gradient, fused head) against the
+    book's loss: logits at every position, cross-entropy ignoring -100."""
+    model = tiny_tied(family).double()
     assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.shared_with_head
     inputs = torch.randint(0, 300, (3, 12))
     targets = torch.randint(0, 300, (3, 12))
@@ -132,9 +146,7 @@ def test_a_tied_weight_gets_one_vocab_sized_gradient(accumulate):
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=16, n_heads=2,
                                               vocab_size=97, context_length=16)).double()
-    reference = build_model(model.config).double()
-    reference.load_state_dict(model.state_dict())
-    reference.tok_emb.shared_with_head = False  # nn.Embedding's own lookup and gradient
+    reference = autograd_twin(model)
     for _ in range(accumulate):
         inputs = torch.randint(0, 97, (2, 8))
         total, _count = supervised_loss_sum(model, inputs, inputs.roll(-1, 1))
@@ -152,14 +164,8 @@ def test_a_tied_weight_gets_one_vocab_sized_gradient(accumulate):
 def test_a_tied_weight_under_bf16_autocast_gets_autograds_gradient(family):
     """Under bf16 autocast (the fused head's matmuls in bf16), the tied weight's gradient is
     the one autograd makes from the same fused loss with nn.Embedding's own lookup."""
-    overrides = dict(n_layers=2, emb_dim=32, n_heads=4, vocab_size=300, context_length=64)
-    if family != "gpt2":
-        overrides.update(n_kv_heads=2, hidden_dim=64)
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.from_name(family, **overrides))
-    reference = build_model(model.config)
-    reference.load_state_dict(model.state_dict())
-    reference.tok_emb.shared_with_head = False
+    model = tiny_tied(family)
+    reference = autograd_twin(model)
     inputs, targets = torch.randint(0, 300, (3, 12)), torch.randint(0, 300, (3, 12))
     targets[0, 8:] = -100
     for each in (model, reference):

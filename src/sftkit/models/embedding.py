@@ -94,9 +94,10 @@ class TokenEmbedding(nn.Embedding):
         plain = (not self.shared_with_head or not self.weight.requires_grad
                  or not torch.is_grad_enabled() or self.padding_idx is not None
                  or self.max_norm is not None or self.sparse or self.scale_grad_by_freq)
-        self._pending = None if plain else HeadGradient()
-        if self._pending is None:
+        if plain:
+            self._pending = None
             return super().forward(idx)
+        self._pending = HeadGradient()
         return _Lookup.apply(idx, self.weight, self._pending)
 
     def take_pending(self) -> HeadGradient | None:

@@ -260,4 +260,3 @@ def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
     step = PlainStep(model, optimizer, device, precision, grad_clip=config.grad_clip)
     step.replica = replica
     return step
-
