@@ -63,6 +63,24 @@ def test_fused_head_without_grad_and_with_no_rows():
     assert torch.count_nonzero(head.weight.grad) == 0
 
 
+def test_a_released_head_weight_is_freed_and_backward_needs_none_of_it():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 30, bias=True)
+    hidden, targets = torch.randn(6, 8), torch.randint(0, 30, (6,))
+    expected_loss, expected = reference_grads(hidden, head, targets, 1.0)
+    with torch.no_grad():  # no backward follows: nothing is freed
+        head_cross_entropy(hidden, head, targets, release_weight=True)
+    assert head.weight.untyped_storage().size() == 30 * 8 * 4
+
+    leaf = hidden.clone().requires_grad_(True)
+    loss = head_cross_entropy(leaf, head, targets, chunk_rows=4, release_weight=True)
+    assert head.weight.untyped_storage().size() == 0
+    loss.backward()
+    for got, want in zip([leaf.grad, head.weight.grad, head.bias.grad], expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss.detach(), expected_loss)
+
+
 def test_under_autocast_the_plain_path_runs_with_an_fp32_softmax():
     torch.manual_seed(1)
     head = torch.nn.Linear(16, 50, bias=False)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd.function import once_differentiable
 
 from sftkit.data.collate import IGNORE_INDEX, Batch
@@ -162,14 +163,19 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 
 def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
-                       chunk_rows: int | None = None, tied: HeadGradient | None = None
-                       ) -> torch.Tensor:
+                       chunk_rows: int | None = None, tied: HeadGradient | None = None,
+                       release_weight: bool = False) -> torch.Tensor:
     """Summed cross-entropy of `head(hidden)` (N, vocab) against `targets` (N,), as one fused,
     chunked step: in full precision, and under bf16/fp16 autocast with matmuls in that dtype
     and an fp32 softmax. Where it cannot run (hidden and weight of different dtypes without
     autocast) the plain head + cross-entropy runs, and a warning says so once. `tied` is the
     token embedding's slot when the head's weight is the embedding's
     (`sftkit.models.embedding`): the weight's gradient is left there, not returned.
+    `release_weight` frees the memory of the head's weight once the fused step has made the
+    loss and its gradients, which leaves backward nothing to read in it: for a weight FSDP2
+    gathered for this forward only, and gathers again for the next (`sftkit.training.replicas`).
+    Only a weight that is a parameter of the head, while gradients are recorded (a backward
+    follows), is freed.
 
     Example:
         >>> import torch
@@ -193,12 +199,16 @@ def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: tor
         return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
     if chunk_rows is None:
         chunk_rows = max(16, CHUNK_BYTES // (weight.shape[0] * weight.element_size()))
+    release = release_weight and torch.is_grad_enabled() and isinstance(weight, nn.Parameter)
     if tied is not None and weight.requires_grad:
         weight = weight.detach()
     else:
         tied = None
-    return _HeadCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows,
+    loss = _HeadCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows,
                                    torch.is_grad_enabled(), compute_dtype, tied)
+    if release:
+        weight.untyped_storage().resize_(0)  # as FSDP2's reshard frees it
+    return loss
 
 
 _warned: set[str] = set()
@@ -222,15 +232,17 @@ LossSum = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def supervised_loss_sum(model: DecoderModel, inputs: torch.Tensor, targets: torch.Tensor,
-                        **packed: Unpack[PackedArgs]) -> tuple[torch.Tensor, torch.Tensor]:
+                        release_head: bool = False, **packed: Unpack[PackedArgs]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of token losses, number of supervised tokens) for one batch; `packed` is a packed
-    batch's `positions=` and `document_ids=` (`packed_layout`), passed on to the model."""
+    batch's `positions=` and `document_ids=` (`packed_layout`), passed on to the model.
+    `release_head`: see `head_cross_entropy(release_weight=)`."""
     hidden = model.forward_hidden(inputs, **packed)
     supervised = targets != IGNORE_INDEX
     tied = model.tok_emb.take_pending() if model.lm_head.weight is model.tok_emb.weight \
         else None
     loss = head_cross_entropy(hidden[supervised], model.lm_head, targets[supervised],
-                              tied=tied)
+                              tied=tied, release_weight=release_head)
     return loss, supervised.sum()
 
 
