@@ -8,6 +8,7 @@ import torch
 
 from sftkit.errors import SftkitError
 from sftkit.models import ModelConfig, build_model
+from sftkit.models.base import causal_attention, packed_attention_mask
 from sftkit.models.llama import apply_rope, rope_cos_sin
 
 GPT2 = dict(n_layers=2, emb_dim=32, n_heads=4, vocab_size=97, context_length=64)
@@ -101,3 +102,37 @@ def test_a_tied_lookup_takes_in_the_heads_gradient_only_when_tied(name, override
     assert not untied.tok_emb.shared_with_head
     untied(torch.tensor([[1, 2, 3]])).sum().backward()
     assert untied.tok_emb.take_pending() is None
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_low_precision_attention_runs_in_fp32_on_the_cpu(packed):
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 6, 8, dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(2, 2, 6, 8, dtype=torch.bfloat16, requires_grad=True) for _ in "kv")
+    mask = packed_attention_mask(torch.tensor([[0, 0, 0, 1, 1, 1], [0] * 6])) if packed \
+        else None
+    out = causal_attention(q, k, v, mask)
+    exact = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), attn_mask=mask, is_causal=mask is None,
+        enable_gqa=True)
+    assert out.dtype == torch.bfloat16
+    # Rounded once, from fp32 maths: within bf16's rounding of the exact result.
+    torch.testing.assert_close(out.double(), exact, rtol=2**-8, atol=1e-6)
+    out.sum().backward()
+    assert q.grad.dtype == k.grad.dtype == torch.bfloat16
+
+    # Under autocast, fp32 inputs (what a fused adapter hands over) come out in autocast's
+    # dtype, as the kernel's own would, but from fp32 maths.
+    q32, k32, v32 = (t.detach().float() for t in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = causal_attention(q32, k32, v32, mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), exact, rtol=2**-8, atol=1e-6)
+
+
+def test_fp32_attention_is_the_kernel_itself():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 4) for _ in "qkv")
+    assert torch.equal(causal_attention(q, k, v),
+                       torch.nn.functional.scaled_dot_product_attention(q, k, v,
+                                                                        is_causal=True))

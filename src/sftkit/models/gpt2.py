@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftkit.models.base import DecoderModel, PackedLayout
+from sftkit.models.base import DecoderModel, PackedLayout, causal_attention
 from sftkit.models.config import ModelConfig
 from sftkit.models.embedding import TokenEmbedding
 from sftkit.models.kv_cache import KVCache, LayerKVCache
@@ -33,7 +33,8 @@ class GPTAttention(nn.Module):
     """Multi-head causal self-attention (the book's `MultiHeadAttention`): each token's query
     is scored against the keys of itself and the tokens before it, and the softmax of those
     scores mixes their values. PyTorch's `scaled_dot_product_attention` does the scaling by
-    1/sqrt(head_dim), the causal mask, the softmax and the weighted sum in one kernel."""
+    1/sqrt(head_dim), the causal mask, the softmax and the weighted sum in one kernel
+    (`causal_attention`: in fp32 on a CPU)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -56,9 +57,8 @@ class GPTAttention(nn.Module):
         k = self.k_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         if self.kv_cache is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None,
-                dropout_p=self.drop_rate if self.training else 0.0)
+            out = causal_attention(q, k, v, mask,
+                                   dropout_p=self.drop_rate if self.training else 0.0)
         else:  # generation: attend over the cached earlier tokens too
             out = self.kv_cache.attend(q, k, v)
         # Merge the heads back: (B, n_heads, T, head_dim) → (B, T, emb).

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftkit.models.base import DecoderModel, PackedLayout
+from sftkit.models.base import DecoderModel, PackedLayout, causal_attention
 from sftkit.models.config import ModelConfig
 from sftkit.models.embedding import TokenEmbedding
 from sftkit.models.kv_cache import KVCache, LayerKVCache
@@ -106,10 +106,8 @@ class LlamaAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is None:
             # SDPA groups the query heads itself, without copying keys and values per head.
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None,
-                dropout_p=self.drop_rate if self.training else 0.0,
-                enable_gqa=self.n_kv_heads != self.n_heads)
+            out = causal_attention(q, k, v, mask,
+                                   dropout_p=self.drop_rate if self.training else 0.0)
         else:  # generation: attend over the cached earlier tokens too
             out = self.kv_cache.attend(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, emb))
