@@ -58,11 +58,11 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     `mask` (B, 1, T, T) bool says (packed rows).
 
     On a CPU, where the kernel would run in bf16 or fp16 (under autocast, or on such inputs),
-    it runs in fp32 and the result is cast to that dtype:
-    PyTorch's CPU attention kernel is slower in bf16 than in fp32 at our lengths (forward and
-    backward of SmolLM2's heads, batch 8: 4.8 against 1.7 ms at 60 tokens, 10.1 against 4.0
-    at 100; the same at 400, measured on an AMD EPYC with avx512_bf16), and fp32 is the more
-    exact. Elsewhere (CUDA, fp32) the kernel runs as it is.
+    it runs in fp32 and the result is cast to that dtype: PyTorch's CPU attention kernel is
+    slower in bf16 than in fp32 at our lengths (forward and backward of SmolLM2's heads, batch
+    8: 4.8 against 1.7 ms at 60 tokens, 10.1 against 4.0 at 100; the same at 400, measured on
+    an AMD EPYC with avx512_bf16), and fp32 is the more exact. Elsewhere (CUDA, fp32) the
+    kernel runs as it is.
 
     Example:
         >>> q = torch.randn(1, 4, 3, 8, dtype=torch.bfloat16); kv = q[:, :2]
