@@ -23,8 +23,7 @@ SHAPES = [[(5,)], [(5,), (2,)], [(7, 3), (4,), (1, 2)], [(12, 4), (9, 2, 3)], [(
 
 def chunk_cat_out(tensors: list[torch.Tensor], chunks: int) -> torch.Tensor:
     """A buffer of the size FSDP2 gives, full of NaN: padding left unwritten would show."""
-    per_chunk = sum(-(-t.size(0) // chunks) * (t[0].numel() if t.size(0) else 0)
-                    for t in tensors)
+    per_chunk = sum(-(-t.size(0) // chunks) * t[0].numel() for t in tensors)
     return torch.full((chunks, per_chunk), float("nan"))
 
 

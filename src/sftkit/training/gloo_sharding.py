@@ -57,7 +57,8 @@ def lean_chunk_cat(tensors: list[torch.Tensor], dim: int, num_chunks: int,
             part = tensor[chunk * per_chunk:(chunk + 1) * per_chunk].reshape(-1)
             into = rows[chunk, offset:offset + width]
             into[:part.numel()].copy_(part)
-            into[part.numel():].zero_()
+            if part.numel() < width:  # the padding (the last chunks of uneven rows)
+                into[part.numel():].zero_()
         offset += width
     if offset != rows.size(1):
         raise ValueError(f"chunk_cat: out has {rows.size(1)} elements per chunk, the tensors "

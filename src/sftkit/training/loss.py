@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.autograd.function import once_differentiable
 
 from sftkit.data.collate import IGNORE_INDEX, Batch
@@ -199,7 +198,8 @@ def head_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: tor
         return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
     if chunk_rows is None:
         chunk_rows = max(16, CHUNK_BYTES // (weight.shape[0] * weight.element_size()))
-    release = release_weight and torch.is_grad_enabled() and isinstance(weight, nn.Parameter)
+    is_parameter = isinstance(weight, torch.nn.Parameter)  # not a LoRA head's computed one
+    release = release_weight and torch.is_grad_enabled() and is_parameter
     if tied is not None and weight.requires_grad:
         weight = weight.detach()
     else:
