@@ -136,3 +136,25 @@ def test_fp32_attention_is_the_kernel_itself():
     assert torch.equal(causal_attention(q, k, v),
                        torch.nn.functional.scaled_dot_product_attention(q, k, v,
                                                                         is_causal=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_rope_and_its_gradient_equal_the_textbook_rotation_in_float64(dtype, per_row):
+    torch.manual_seed(0)
+    positions = torch.tensor([[0, 1, 2, 0, 1], [3, 4, 5, 6, 7]]) if per_row else torch.arange(5)
+    cos, sin = rope_cos_sin(positions, 8, 10000.0, torch.float32)
+    x = torch.randn(2, 3, 5, 8, dtype=dtype, requires_grad=True)
+    grad = torch.randn(2, 3, 5, 8)
+    out = apply_rope(x, cos, sin)
+    out.backward(grad)
+    x64 = x.detach().double().requires_grad_(True)
+    rotated = torch.cat((-x64[..., 4:], x64[..., :4]), dim=-1)
+    expected = x64 * cos.double() + rotated * sin.double()
+    expected.backward(grad.double())
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=tolerance, rtol=tolerance)
+    with torch.no_grad():  # the same values without autograd's Function
+        torch.testing.assert_close(apply_rope(x, cos, sin), out.detach())

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sftkit.models import ModelConfig, build_model
+from sftkit.models.matmul import Linear
 from sftkit.peft import (
     LoraSpec,
     adapter_layers,
@@ -186,7 +187,7 @@ def test_merging_a_quantized_base_gives_the_decoded_base_plus_the_update(format)
     adapted = model(idx)
     merge_adapters(model)
     merged = model.blocks[1].mlp.fc
-    assert type(merged) is torch.nn.Linear and merged.weight.dtype == torch.float32
+    assert type(merged) is Linear and merged.weight.dtype == torch.float32
     torch.testing.assert_close(merged.weight, expected)
     torch.testing.assert_close(model(idx), adapted, atol=1e-5, rtol=1e-5)
 

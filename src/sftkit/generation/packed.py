@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkit.models import Model
+from sftkit.models.matmul import Linear
 
 #: The batch size oneDNN is told to expect when it chooses the packed layout (any batch size
 #: works; measured at 1–64 rows, a hint of 32 was as fast as or faster than a hint of 1).
@@ -92,7 +93,8 @@ def packed_for_decoding(model: Model) -> Model:
 
 def _pack_linears(module: nn.Module) -> None:
     for name, child in module.named_children():
-        if type(child) is nn.Linear:  # not subclasses: they may compute something else
+        # Not other subclasses of nn.Linear: they may compute something else.
+        if isinstance(child, nn.Linear) and type(child) in (nn.Linear, Linear):
             setattr(module, name, PackedLinear(child))
         else:
             _pack_linears(child)

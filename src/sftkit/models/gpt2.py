@@ -27,6 +27,7 @@ from sftkit.models.base import DecoderModel, PackedLayout, causal_attention
 from sftkit.models.config import ModelConfig
 from sftkit.models.embedding import TokenEmbedding
 from sftkit.models.kv_cache import KVCache, LayerKVCache
+from sftkit.models.matmul import Linear
 
 
 class GPTAttention(nn.Module):
@@ -40,10 +41,10 @@ class GPTAttention(nn.Module):
         super().__init__()
         emb = config.emb_dim
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
-        self.q_proj = nn.Linear(emb, emb, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(emb, emb, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(emb, emb, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(emb, emb)
+        self.q_proj = Linear(emb, emb, bias=config.qkv_bias)
+        self.k_proj = Linear(emb, emb, bias=config.qkv_bias)
+        self.v_proj = Linear(emb, emb, bias=config.qkv_bias)
+        self.out_proj = Linear(emb, emb)
         self.drop_rate = config.drop_rate
         # This layer's cache: set by the model only for the duration of a cached call.
         self.kv_cache: LayerKVCache | None = None
@@ -70,8 +71,8 @@ class GPTMLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(config.emb_dim, config.hidden_dim)
-        self.proj = nn.Linear(config.hidden_dim, config.emb_dim)
+        self.fc = Linear(config.emb_dim, config.hidden_dim)
+        self.proj = Linear(config.hidden_dim, config.emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
@@ -106,7 +107,7 @@ class GPTModel(DecoderModel):
         self.drop = nn.Dropout(config.drop_rate)
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
-        self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.emb_dim, config.vocab_size, bias=False)
         self.reset_parameters()
 
     def forward_hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,

@@ -27,11 +27,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from sftkit.models.base import DecoderModel, PackedLayout, causal_attention
 from sftkit.models.config import ModelConfig
 from sftkit.models.embedding import TokenEmbedding
 from sftkit.models.kv_cache import KVCache, LayerKVCache
+from sftkit.models.matmul import Linear
 
 
 class RMSNorm(nn.Module):
@@ -71,10 +73,54 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) by the per-position angles, pairing channel i with i + D/2."""
+    """Rotate (B, H, T, D) by the per-position angles, pairing channel i with i + D/2:
+    `x * cos + rotate_half(x) * sin`, where rotate_half(x) = (-x[D/2:], x[:D/2]).
+
+    Computed as one product and two in-place multiply-adds on the halves (no rotated copy,
+    no concatenation); its gradient is the rotation by the opposite angles, so backward keeps
+    only the tables (`_RoPE`). Same values as the textbook form (within one rounding).
+
+    Example:
+        >>> cos, sin = rope_cos_sin(torch.arange(3), 4, 10000.0, torch.float32)
+        >>> x = torch.randn(1, 2, 3, 4)
+        >>> rotated = torch.cat((-x[..., 2:], x[..., :2]), dim=-1)
+        >>> bool(torch.allclose(apply_rope(x, cos, sin), x * cos + rotated * sin, atol=1e-6))
+        True
+    """
+    if torch.broadcast_shapes(x.shape, cos.shape) != x.shape:  # tables wider than x
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RoPE.apply(x, cos, sin)
+    return _rotate(x, cos, sin, 1.0)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float
+            ) -> torch.Tensor:
+    """`x * cos + sign * rotate_half(x) * sin`; sin's two halves are equal (the angles
+    repeat, `rope_cos_sin`), so each half of the result needs one multiply-add."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    out = x * cos
+    sin_half = sin[..., :half]
+    out[..., :half].addcmul_(x[..., half:], sin_half, value=-sign)
+    out[..., half:].addcmul_(x[..., :half], sin_half, value=sign)
+    return out
+
+
+class _RoPE(torch.autograd.Function):
+    """`_rotate` with its gradient: the rotation by the opposite angles (`sign` -1)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        ctx.dtype = x.dtype
+        return _rotate(x, cos, sin, 1.0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, -1.0).to(ctx.dtype), None, None
 
 
 class LlamaAttention(nn.Module):
@@ -87,10 +133,10 @@ class LlamaAttention(nn.Module):
         emb, kv_dim = config.emb_dim, config.n_kv_heads * config.head_dim
         self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(emb, emb, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(emb, kv_dim, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(emb, kv_dim, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(emb, emb, bias=False)
+        self.q_proj = Linear(emb, emb, bias=config.qkv_bias)
+        self.k_proj = Linear(emb, kv_dim, bias=config.qkv_bias)
+        self.v_proj = Linear(emb, kv_dim, bias=config.qkv_bias)
+        self.out_proj = Linear(emb, emb, bias=False)
         self.drop_rate = config.drop_rate
         # This layer's cache: set by the model only for the duration of a cached call.
         self.kv_cache: LayerKVCache | None = None
@@ -118,9 +164,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.emb_dim, config.hidden_dim, bias=False)
-        self.up_proj = nn.Linear(config.emb_dim, config.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(config.hidden_dim, config.emb_dim, bias=False)
+        self.gate_proj = Linear(config.emb_dim, config.hidden_dim, bias=False)
+        self.up_proj = Linear(config.emb_dim, config.hidden_dim, bias=False)
+        self.down_proj = Linear(config.hidden_dim, config.emb_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -154,7 +200,7 @@ class LlamaModel(DecoderModel):
         self.drop = nn.Dropout(config.drop_rate)
         self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layers))
         self.final_norm = RMSNorm(config.emb_dim, config.norm_eps)
-        self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.emb_dim, config.vocab_size, bias=False)
         self.reset_parameters()
 
     def forward_hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,

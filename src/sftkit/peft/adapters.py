@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sftkit.models.base import DecoderModel
+from sftkit.models.matmul import Linear
 from sftkit.peft.dora import DoRALinear
 from sftkit.peft.lora import LoRALinear, LoraSpec
 from sftkit.peft.shared_input import share_inputs
@@ -156,16 +157,16 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def merge_adapters(model: DecoderModel) -> list[str]:
-    """Replace every adapted layer by a plain `nn.Linear` holding its effective weight (in the
-    base's dtype; a quantized base is dequantized to fp32), and make the whole model trainable
-    again. Returns the merged modules' names. A merged head adapter unties the head from the
-    token embedding (the model's config then says so)."""
+    """Replace every adapted layer by a plain `Linear` (`sftkit.models.matmul`) holding its
+    effective weight (in the base's dtype; a quantized base is dequantized to fp32), and make
+    the whole model trainable again. Returns the merged modules' names. A merged head adapter
+    unties the head from the token embedding (the model's config then says so)."""
     merged = []
     for name, layer in adapter_layers(model).items():
         weight = layer.weight.detach()
         bias = layer.bias
-        linear = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None,
-                           device=weight.device, dtype=weight.dtype)
+        linear = Linear(layer.in_features, layer.out_features, bias=bias is not None,
+                        device=weight.device, dtype=weight.dtype)
         linear.weight.copy_(weight)
         if bias is not None:
             linear.bias.copy_(bias)

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from sftkit.models import matmul
 from sftkit.peft.quantized import QuantizedLinear
 
 
@@ -75,14 +76,15 @@ def _base_matmul(base: FrozenBase, flat: torch.Tensor) -> torch.Tensor:
     if isinstance(base, QuantizedLinear):
         return base.matmul(flat)
     weight = base.weight.t()
-    return torch.mm(flat, weight) if base.bias is None else torch.addmm(base.bias, flat, weight)
+    return (matmul.mm(flat, weight) if base.bias is None
+            else matmul.addmm(base.bias, flat, weight))
 
 
 def _base_input_grad(base: FrozenBase, grad: torch.Tensor) -> torch.Tensor:
     """`grad W`, a fresh (tokens, in_features) tensor."""
     if isinstance(base, QuantizedLinear):
         return base.input_grad(grad)
-    return torch.mm(grad, base.weight)
+    return matmul.mm(grad, base.weight)
 
 
 def _dropout_scale(mask: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftkit.models import matmul
 from sftkit.models.base import DecoderModel
 
 #: The forms a frozen base can take (`lora.base_dtype`, besides "fp32": an `nn.Linear`).
@@ -214,7 +215,7 @@ class QuantizedLinear(nn.Module):
         slice by slice (no autograd: `forward` and `sftkit.peft.fused` give the backward)."""
         out = flat.new_empty(flat.shape[0], self.out_features)
         for rows, weight in self.row_slices(flat.dtype):
-            out[:, rows] = flat @ weight.t()
+            out[:, rows] = matmul.mm(flat, weight.t())
         if with_bias and self.bias is not None:
             out += self.bias.to(out.dtype)
         return out
@@ -224,7 +225,7 @@ class QuantizedLinear(nn.Module):
         """`grad @ W` for `grad` (tokens, out_features): the input's gradient."""
         grad_input = grad.new_zeros(grad.shape[0], self.in_features)
         for rows, weight in self.row_slices(grad.dtype):
-            grad_input.addmm_(grad[:, rows], weight)
+            matmul.addmm_(grad_input, grad[:, rows], weight)
         return grad_input
 
     @torch.no_grad()

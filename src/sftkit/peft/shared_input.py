@@ -40,6 +40,7 @@ import copy
 import torch
 from torch import nn
 
+from sftkit.models.matmul import Linear
 from sftkit.peft.fused import CastWeights, DenseWeight, autocast_dtype, lora_linears
 from sftkit.peft.lora import LoRALinear
 
@@ -141,7 +142,7 @@ class SharedInput:
 def _shareable(layers: list[nn.Module]) -> list[LoRALinear]:
     """The plain LoRA layers among `layers` whose bases can be concatenated."""
     members = [layer for layer in layers if type(layer) is LoRALinear
-               and type(layer.base) is nn.Linear and layer.shared_input is None]
+               and type(layer.base) in (nn.Linear, Linear) and layer.shared_input is None]
     if len(members) < 2:
         return []
     bases = [member.base for member in members]

@@ -37,6 +37,7 @@ from torch.autograd.function import once_differentiable
 
 from sftkit.data.collate import IGNORE_INDEX, Batch
 from sftkit.data.packing import PackedBatch
+from sftkit.models import matmul
 from sftkit.models.base import DecoderModel
 from sftkit.models.embedding import HeadGradient
 
@@ -121,13 +122,17 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
         grad_weight.zero_()
     grad_bias = torch.zeros(vocab, device=hidden.device, dtype=exact) if need_bias else None
     weight_part = torch.empty_like(weight_mm) if need_weight and low else None
+    # oneDNN's fp32 products (`sftkit.models.matmul`) come out in fresh tensors, not `out=`.
+    fresh = not low and matmul.routed(hidden_mm, weight_mm, bias_mm)
     for start in range(0, rows, chunk):
         part, wanted = hidden_mm[start:start + chunk], targets[start:start + chunk, None]
         count = part.shape[0]
         logits = scratch[: count * vocab].view(count, vocab)
         product = logits if low_scratch is None else low_scratch[: count * vocab].view(
             count, vocab)
-        if bias_mm is None:
+        if fresh:
+            logits = matmul.linear(part, weight_mm, bias_mm)
+        elif bias_mm is None:
             torch.mm(part, weight_mm.t(), out=product)
         else:
             torch.addmm(bias_mm, part, weight_mm.t(), out=product)
@@ -146,10 +151,16 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
         if low:
             logits = product.copy_(logits)  # the gradient of the logits, for low matmuls
         if grad_hidden is not None:
-            torch.mm(logits, weight_mm, out=grad_hidden[start:start + count])
+            if fresh:
+                grad_hidden[start:start + count] = matmul.mm(logits, weight_mm)
+            else:
+                torch.mm(logits, weight_mm, out=grad_hidden[start:start + count])
         if grad_weight is None:
             continue
-        if weight_part is not None:  # low precision: summed over the chunks in fp32
+        if fresh:
+            chunk_grad = matmul.mm(logits.t(), part)
+            grad_weight = chunk_grad if start == 0 else grad_weight.add_(chunk_grad)
+        elif weight_part is not None:  # low precision: summed over the chunks in fp32
             grad_weight.add_(torch.mm(logits.t(), part, out=weight_part))
         elif start == 0:
             torch.mm(logits.t(), part, out=grad_weight)
