@@ -60,8 +60,9 @@ class LoraBenchSpec(Spec):
 def resolve_precision(precision: str) -> str:
     """`auto` as sftkit's trainer would resolve it on this CPU, else `precision`."""
     from sftkit.device import pick_precision
+    from sftkit.models.matmul import linear
 
-    return pick_precision(torch.device("cpu"), precision)
+    return pick_precision(torch.device("cpu"), precision, linear)
 
 
 class AdapterRunner(SftkitRunner):

@@ -47,15 +47,18 @@ def load_average() -> str:
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 6,
                   rounds: int = 3) -> float:
-    """The best of `rounds` timings of `repeats` (size x size) @ (size x size) matmuls."""
+    """The best of `rounds` timings of `repeats` (size x size) @ (size x size) matmuls, as
+    sftkit's models run them (`sftkit.models.matmul.mm`: fp32 through oneDNN on AMD CPUs)."""
+    from sftkit.models.matmul import mm
+
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    a @ b  # warm-up: kernel selection, packing buffers
+    mm(a, b)  # warm-up: kernel selection, packing buffers
     best = 0.0
     for _ in range(rounds):
         started = time.perf_counter()
         for _ in range(repeats):
-            a @ b
+            mm(a, b)
         seconds = time.perf_counter() - started
         best = max(best, 2 * size ** 3 * repeats / seconds / 1e9)
     return best
@@ -68,6 +71,7 @@ def measure_peaks(size: int = 2048, rounds: int = 3) -> dict[str, float]:
     Where the CPU has no bf16 instructions, bf16 is not timed (emulated, it runs about 100x
     slower than fp32 on an AVX2-only CPU: minutes for nothing) and its figures are 0."""
     from sftkit.device import cpu_bf16_speedup, cpu_has_native_bf16, pick_precision
+    from sftkit.models.matmul import linear
 
     time_bf16 = cpu_has_native_bf16() is not False
     fp32 = bf16 = 0.0
@@ -77,8 +81,8 @@ def measure_peaks(size: int = 2048, rounds: int = 3) -> dict[str, float]:
             bf16 = max(bf16, matmul_gflops(torch.bfloat16, size, rounds=1))
     return {"fp32_gflops": fp32, "bf16_gflops": bf16, "bf16_over_fp32": bf16 / fp32,
             "bf16_timed": time_bf16,
-            "sftkit_bf16_speedup": cpu_bf16_speedup(),
-            "sftkit_auto_precision": pick_precision(torch.device("cpu"), "auto")}
+            "sftkit_bf16_speedup": cpu_bf16_speedup(linear=linear),
+            "sftkit_auto_precision": pick_precision(torch.device("cpu"), "auto", linear)}
 
 
 def describe_bf16(peaks: dict[str, Any]) -> str:

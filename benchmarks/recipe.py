@@ -56,6 +56,7 @@ from sftkit.data.sources import load_source  # noqa: E402
 from sftkit.device import autocast, pick_device, pick_precision  # noqa: E402
 from sftkit.evaluation.metrics import score_responses  # noqa: E402
 from sftkit.generation import generate_responses, generation_settings  # noqa: E402
+from sftkit.models import matmul  # noqa: E402
 from sftkit.models.base import DecoderModel  # noqa: E402
 from sftkit.peft import LoraSpec, adapter_layers, apply_lora, layer_indices, merge_adapters  # noqa: E402
 from sftkit.peft.setup import train_only_blocks  # noqa: E402
@@ -582,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         print(f"{cpu_info()['cpu']}, load {load_average()}, {args.speed_steps} timed steps "
               f"each:\n{text}")
         return text
-    precision = pick_precision(pick_device("cpu"), args.precision)
+    precision = pick_precision(pick_device("cpu"), args.precision, matmul.linear)
     probe = load_pretrained(args.model)
     rate_here = model_shape_gflops(probe.model, rows=8 * 128)
     predicted = book_splits(args.predict_data).train

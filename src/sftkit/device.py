@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from sftkit.errors import SftkitError
 
@@ -76,9 +78,12 @@ def cpu_has_native_bf16() -> bool | None:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_bf16_speedup(size: int = 1024, rounds: int = 5, repeats: int = 3) -> float:
-    """Measured fp32 time / bf16-autocast time of a (size x size) @ (size x size) linear;
-    0.0 without timing where the CPU has no bf16 instructions (emulated bf16 never wins).
+def cpu_bf16_speedup(size: int = 1024, rounds: int = 5, repeats: int = 3,
+                     linear: Callable[..., torch.Tensor] = F.linear) -> float:
+    """Measured fp32 time / bf16-autocast time of a (size x size) @ (size x size) `linear`
+    (the product the models run: `sftkit.models.matmul.linear` takes fp32 to oneDNN on AMD
+    CPUs); 0.0 without timing where the CPU has no bf16 instructions (emulated bf16 never
+    wins).
 
     The two are timed in alternation and each keeps its best round, so a burst of other work
     on a shared machine cannot make the slower one look faster (it once picked bf16 at 0.5x).
@@ -94,7 +99,7 @@ def cpu_bf16_speedup(size: int = 1024, rounds: int = 5, repeats: int = 3) -> flo
         with context:
             start = time.perf_counter()
             for _ in range(repeats):
-                torch.nn.functional.linear(x, w)
+                linear(x, w)
             return time.perf_counter() - start
 
     try:
@@ -108,8 +113,10 @@ def cpu_bf16_speedup(size: int = 1024, rounds: int = 5, repeats: int = 3) -> flo
         return 0.0  # no bf16 kernels at all
 
 
-def pick_precision(device: torch.device, requested: str = "auto") -> str:
-    """`fp32`, `bf16` or `fp16`: the requested one, or for `auto` the fastest that is safe."""
+def pick_precision(device: torch.device, requested: str = "auto",
+                   linear: Callable[..., torch.Tensor] = F.linear) -> str:
+    """`fp32`, `bf16` or `fp16`: the requested one, or for `auto` the fastest that is safe
+    (on a CPU: bf16 where `linear`, timed as `cpu_bf16_speedup` does, is faster in it)."""
     if requested != "auto":
         if requested not in DTYPES:
             raise SftkitError(f"unknown precision {requested!r}; known: auto, {', '.join(DTYPES)}")
@@ -117,7 +124,7 @@ def pick_precision(device: torch.device, requested: str = "auto") -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+        return "bf16" if cpu_bf16_speedup(linear=linear) >= BF16_MIN_SPEEDUP else "fp32"
     return "fp32"
 
 

@@ -63,12 +63,13 @@ def validation_loss(context: RunContext) -> float:
     """The current model's mean loss on the validation split."""
     from sftkit.data.dataset import InstructionDataset, make_loader
     from sftkit.device import autocast, pick_device, pick_precision
+    from sftkit.models import matmul
     from sftkit.training.loss import mean_loss
 
     loaded = context.model()
     train = context.config.train
     device = pick_device(train.device)
-    precision = pick_precision(device, train.precision)
+    precision = pick_precision(device, train.precision, matmul.linear)
     dataset = InstructionDataset(context.run.read_split("val"), loaded.tokenizer,
                                  context.prompt_style, loss_on=train.loss_on)
     loader = make_loader(dataset, train.batch_size, shuffle=False,

@@ -48,6 +48,7 @@ from sftkit.data.dataset import EpochBatchSampler, InstructionDataset, make_load
 from sftkit.data.packing import PackedBatch, make_packed_loader
 from sftkit.device import autocast, pick_device, pick_precision
 from sftkit.errors import SftkitError
+from sftkit.models import matmul
 from sftkit.models.base import DecoderModel
 from sftkit.training import distributed
 from sftkit.training.checkpointing import (
@@ -146,7 +147,7 @@ class Trainer:
         # of the global batch (batch_size per rank) and rank 0 alone writes files.
         self.world = distributed.world()
         self.device = distributed.setup(config.device) or pick_device(config.device)
-        self.precision = pick_precision(self.device, config.precision)
+        self.precision = pick_precision(self.device, config.precision, matmul.linear)
         self.model = model.to(self.device)
         self.sample_fn = sample_fn
         self.log = log

@@ -111,7 +111,9 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
     bias_mm = None if bias is None else bias.to(compute_dtype)
     rows, vocab = hidden.shape[0], weight.shape[0]
     chunk = max(1, min(rows, chunk_rows))
-    scratch = _logits_buffer(chunk * vocab, hidden.device, exact)
+    # oneDNN's fp32 products (`sftkit.models.matmul`) come out in fresh tensors, not `out=`.
+    fresh = not low and matmul.routed(hidden_mm, weight_mm, bias_mm)
+    scratch = None if fresh else _logits_buffer(chunk * vocab, hidden.device, exact)
     low_scratch = _logits_buffer(chunk * vocab, hidden.device, compute_dtype) if low else None
     minus_one = torch.full((chunk, 1), -1.0, device=hidden.device, dtype=exact)
     loss = torch.zeros((), device=hidden.device, dtype=exact)
@@ -122,20 +124,19 @@ def _chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
         grad_weight.zero_()
     grad_bias = torch.zeros(vocab, device=hidden.device, dtype=exact) if need_bias else None
     weight_part = torch.empty_like(weight_mm) if need_weight and low else None
-    # oneDNN's fp32 products (`sftkit.models.matmul`) come out in fresh tensors, not `out=`.
-    fresh = not low and matmul.routed(hidden_mm, weight_mm, bias_mm)
     for start in range(0, rows, chunk):
         part, wanted = hidden_mm[start:start + chunk], targets[start:start + chunk, None]
         count = part.shape[0]
-        logits = scratch[: count * vocab].view(count, vocab)
-        product = logits if low_scratch is None else low_scratch[: count * vocab].view(
-            count, vocab)
-        if fresh:
-            logits = matmul.linear(part, weight_mm, bias_mm)
-        elif bias_mm is None:
-            torch.mm(part, weight_mm.t(), out=product)
+        if scratch is None:
+            logits = product = matmul.linear(part, weight_mm, bias_mm)
         else:
-            torch.addmm(bias_mm, part, weight_mm.t(), out=product)
+            logits = scratch[: count * vocab].view(count, vocab)
+            product = logits if low_scratch is None else low_scratch[: count * vocab].view(
+                count, vocab)
+            if bias_mm is None:
+                torch.mm(part, weight_mm.t(), out=product)
+            else:
+                torch.addmm(bias_mm, part, weight_mm.t(), out=product)
         if low:
             logits.copy_(product)
         logits.sub_(logits.amax(dim=1, keepdim=True))
