@@ -112,3 +112,20 @@ def test_under_autocast_or_with_a_training_base_each_layer_computes_its_own():
     twin(inputs).sum().backward()
     torch.testing.assert_close(model.blocks[0].attn.k_proj.base.weight.grad,
                                twin.blocks[0].attn.k_proj.base.weight.grad)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "smollm2-135m"])
+def test_activation_checkpointing_gives_the_adapters_the_same_gradients(family):
+    # Recomputed blocks unpack what the fused step saved: once per backward, or PyTorch's
+    # checkpoint refuses ("Unpack is being triggered for a tensor that was already unpacked").
+    grads = []
+    for flag in (False, True):
+        model = adapted(family)
+        model.train()
+        model.activation_checkpointing = flag
+        logits = model(torch.arange(14).view(2, 7))
+        logits.backward(torch.ones_like(logits))
+        grads.append({name: p.grad for name, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -152,9 +152,10 @@ class _SharedInputLora(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, *grad_outputs):
-        flat = ctx.saved_tensors[0]
-        with torch.autocast(flat.device.type, enabled=False):
-            grad_x, grad_As, grad_Bs = _backward(ctx, grad_outputs)
+        # Read once: under activation checkpointing each read unpacks (recomputes) them.
+        saved = ctx.saved_tensors
+        with torch.autocast(saved[0].device.type, enabled=False):
+            grad_x, grad_As, grad_Bs = _backward(ctx, saved, grad_outputs)
         x_dtype, adapter_dtype = ctx.dtypes
         grad_x = None if grad_x is None else grad_x.to(x_dtype)
         grad_As = [None if g is None else g.to(adapter_dtype) for g in grad_As]
@@ -162,13 +163,13 @@ class _SharedInputLora(torch.autograd.Function):
         return grad_x, None, None, None, None, *grad_As, *grad_Bs
 
 
-def _backward(ctx, grad_outputs: tuple[torch.Tensor, ...]
+def _backward(ctx, saved: tuple[torch.Tensor, ...], grad_outputs: tuple[torch.Tensor, ...]
               ) -> tuple[torch.Tensor | None, list[torch.Tensor | None],
                          list[torch.Tensor | None]]:
     """`_SharedInputLora`'s gradients of x, the As and the Bs, in the step's dtype."""
     sizes, scaling, dropout_p = ctx.sizes, ctx.scaling, ctx.dropout_p
     count = len(sizes)
-    flat, down, stacked_A, stacked_B, *masks = ctx.saved_tensors
+    flat, down, stacked_A, stacked_B, *masks = saved
     grad = _columns([g.reshape(-1, g.shape[-1]).to(flat.dtype) for g in grad_outputs])
     grad_down = _scaled_mm(grad, stacked_B, scaling)  # of d A^T, before the scale
     scales = [_dropout_scale(mask, dropout_p, flat.dtype) for mask in masks]
