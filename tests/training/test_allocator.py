@@ -52,15 +52,20 @@ def test_freed_activation_sized_blocks_leave_the_process():
     assert retained_mib("fixed") < 4
 
 
-def test_a_cpu_step_training_adapters_fixes_the_threshold(monkeypatch):
+def test_a_cpu_step_training_adapters_with_checkpointing_fixes_the_threshold(monkeypatch):
     from sftkit.peft import LoraSpec, apply_lora
 
     calls = []
     monkeypatch.setattr(steps, "keep_large_blocks_mapped", lambda: calls.append(1))
     model = build_model(ModelConfig.from_name("gpt2", n_layers=1, emb_dim=64, n_heads=2,
                                               vocab_size=500))
+    model.activation_checkpointing = True
     steps.make_step(model, TrainConfig(), torch.device("cpu"), "fp32")
     assert calls == []  # full fine-tuning keeps glibc's default (faster steps)
     apply_lora(model, LoraSpec(r=1), ["q_proj"])
+    model.activation_checkpointing = False
+    steps.make_step(model, TrainConfig(), torch.device("cpu"), "fp32")
+    assert calls == []  # adapters without checkpointing: speed first, glibc's default
+    model.activation_checkpointing = True
     steps.make_step(model, TrainConfig(), torch.device("cpu"), "fp32")
     assert calls == [1]

@@ -184,10 +184,10 @@ class Trainer:
         replica = None
         if self.world.is_distributed:
             replica = replicate(self.model, config.strategy, self.device)
+        self.model.activation_checkpointing = config.activation_checkpointing
         self.strategy = make_step(self.model, config, self.device, self.precision, replica)
         self.replica = replica
         self._replica_loss = replica.loss_sum if replica is not None else None
-        self.model.activation_checkpointing = config.activation_checkpointing
         self.last_record: dict[str, Any] | None = None
         self._saved: tuple[int, Path] | None = None  # the step this trainer last saved
 

@@ -242,12 +242,15 @@ def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
               precision: str, replica: Replica | None = None) -> TrainingStep:
     """The strategy for `config`: in-backward where it is exact, asked for, and most of the
     model trains (not for adapters: `_few_trainable`), else plain.
-    Training adapters on the CPU, glibc's malloc is told to return freed activations to the
-    system (`sftkit.training.allocator`): there the activations are most of the memory. Full
-    fine-tuning keeps glibc's default, as its steps measured about 20% slower with the fixed
-    threshold (the SmolLM2-135M shape, batch 8 x 128, fp32, AMD EPYC 2 cores, under load)."""
+    Training adapters on the CPU with activation checkpointing (memory first), glibc's malloc
+    is told to return freed activations to the system (`sftkit.training.allocator`): there the
+    activations are most of the memory. Otherwise glibc keeps its default, which costs memory
+    but no page faults: full fine-tuning's steps measured about 20% slower with the fixed
+    threshold (the SmolLM2-135M shape, batch 8 x 128, fp32, AMD EPYC 2 cores, under load),
+    the default recipe's LoRA steps 1.20x slower in bf16 and 1.05x in fp32 (benchmarks/
+    RESULTS.md, "The allocator")."""
     few_trainable = _few_trainable(model)
-    if device.type == "cpu" and few_trainable:
+    if device.type == "cpu" and few_trainable and model.activation_checkpointing:
         keep_large_blocks_mapped()
     reason = _in_backward_obstacle(config, device, precision, replica)
     in_backward = config.step_in_backward and reason is None and not few_trainable
