@@ -55,6 +55,12 @@ def test_linear_and_its_gradients_equal_the_fp64_product(route, with_bias, layou
 
 
 @pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_a_vector_input_works_as_with_f_linear(route):
+    x, weight, bias = torch.randn(8), torch.randn(3, 8), torch.randn(3)
+    torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
 def test_only_the_gradients_asked_for_are_made(route):
     x = torch.randn(5, 8, requires_grad=True)
     frozen = torch.randn(3, 8)

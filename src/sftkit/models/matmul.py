@@ -150,7 +150,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            ) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, by oneDNN where `onednn_enabled` and the operands are
     plain fp32 CPU tensors outside a lowering autocast (module docstring)."""
-    if weight.dim() != 2 or not routed(x, weight, bias):
+    if weight.dim() != 2 or x.dim() < 2 or not routed(x, weight, bias):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):

@@ -247,8 +247,8 @@ def make_step(model: DecoderModel, config: TrainConfig, device: torch.device,
     activations are most of the memory. Otherwise glibc keeps its default, which costs memory
     but no page faults: full fine-tuning's steps measured about 20% slower with the fixed
     threshold (the SmolLM2-135M shape, batch 8 x 128, fp32, AMD EPYC 2 cores, under load),
-    the default recipe's LoRA steps 1.20x slower in bf16 and 1.05x in fp32 (benchmarks/
-    RESULTS.md, "The allocator")."""
+    the default recipe's LoRA epoch 1.07x slower in bf16 (benchmarks/RESULTS.md, "The
+    allocator")."""
     few_trainable = _few_trainable(model)
     if device.type == "cpu" and few_trainable and model.activation_checkpointing:
         keep_large_blocks_mapped()
