@@ -22,6 +22,19 @@ def route(request):
     use_onednn(previous)
 
 
+def blas_then_onednn(run):
+    """`run()`'s result through MKL, then through oneDNN (the setting restored after)."""
+    results = []
+    previous = use_onednn(None)
+    try:
+        for flag in (False, True):
+            use_onednn(flag)
+            results.append(run())
+    finally:
+        use_onednn(previous)
+    return results
+
+
 def _reference(x, weight, bias):
     out = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
     return out
@@ -141,18 +154,14 @@ def test_a_training_step_gives_the_same_loss_and_gradients_either_way(family):
                                       if family != "gpt2" else {}))
     model = build_model(config)
     idx = torch.randint(0, 97, (2, 9))
-    results = []
-    previous = use_onednn(None)
-    try:
-        for flag in (False, True):
-            use_onednn(flag)
-            model.zero_grad()
-            loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
-            loss.backward()
-            results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    finally:
-        use_onednn(previous)
-    (loss_blas, grads_blas), (loss_dnn, grads_dnn) = results
+
+    def step():
+        model.zero_grad()
+        loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (loss_blas, grads_blas), (loss_dnn, grads_dnn) = blas_then_onednn(step)
     torch.testing.assert_close(loss_dnn, loss_blas, atol=1e-6, rtol=1e-6)
     for dnn, blas in zip(grads_dnn, grads_blas, strict=True):
         torch.testing.assert_close(dnn, blas, atol=1e-5, rtol=1e-4)
@@ -165,18 +174,14 @@ def test_the_fused_head_loss_is_the_same_through_onednn(with_bias):
     head = torch.nn.Linear(16, 50, bias=with_bias)
     hidden = torch.randn(11, 16, requires_grad=True)
     targets = torch.randint(0, 50, (11,))
-    results = []
-    previous = use_onednn(None)
-    try:
-        for flag in (False, True):
-            use_onednn(flag)
-            head.zero_grad()
-            hidden.grad = None
-            loss = head_cross_entropy(hidden, head, targets, chunk_rows=4)  # three chunks
-            loss.backward()
-            results.append([loss.detach(), hidden.grad.clone(),
-                            *[p.grad.clone() for p in head.parameters()]])
-    finally:
-        use_onednn(previous)
-    for dnn, blas in zip(results[1], results[0], strict=True):
+
+    def step():
+        head.zero_grad()
+        hidden.grad = None
+        loss = head_cross_entropy(hidden, head, targets, chunk_rows=4)  # three chunks
+        loss.backward()
+        return [loss.detach(), hidden.grad.clone(), *[p.grad.clone() for p in head.parameters()]]
+
+    blas_results, dnn_results = blas_then_onednn(step)
+    for dnn, blas in zip(dnn_results, blas_results, strict=True):
         torch.testing.assert_close(dnn, blas, atol=1e-5, rtol=1e-5)
