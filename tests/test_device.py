@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from sftkit import device as device_module
-from sftkit.device import cpu_bf16_speedup, cpu_flags, cpu_has_native_bf16, pick_precision
+from sftkit.device import (
+    cpu_bf16_speedup,
+    cpu_flags,
+    cpu_has_native_bf16,
+    cpu_vendor,
+    pick_precision,
+)
 from sftkit.errors import SftkitError
 
 
@@ -48,14 +54,17 @@ def test_bf16_is_timed_where_it_may_win(monkeypatch, fresh_probe, flags):
     assert calls
 
 
-def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+def test_cpu_flags_and_vendor_are_read_from_cpuinfo(tmp_path):
     x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+                   "flags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
     assert cpu_flags(x86) == {"fpu", "avx2", "avx512_bf16"}
     assert cpu_flags(arm) == {"fp", "asimd", "bf16"}
     assert cpu_flags(tmp_path / "missing") is None
+    assert cpu_vendor(x86) == "AuthenticAMD"
+    assert cpu_vendor(arm) == cpu_vendor(tmp_path / "missing") == ""
 
 
 def test_an_unknown_precision_is_a_clear_error():

@@ -53,17 +53,30 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
-    """The CPU's feature flags, or None where the OS does not list them (macOS, Windows)."""
+def _cpuinfo_field(keys: tuple[str, ...], cpuinfo: Path) -> str | None:
+    """The first CPU's value of the first of `keys` in /proc/cpuinfo, or None where the OS
+    does not list it (macOS, Windows)."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
+        if key.strip() in keys:
+            return value.strip()
     return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's feature flags, or None where the OS does not list them (macOS, Windows)."""
+    value = _cpuinfo_field(("flags", "Features"), cpuinfo)
+    return None if value is None else frozenset(value.split())
+
+
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's vendor as Linux names it (`AuthenticAMD`, `GenuineIntel`), or "" where the OS
+    does not list it."""
+    return _cpuinfo_field(("vendor_id",), cpuinfo) or ""
 
 
 def cpu_has_native_bf16() -> bool | None:

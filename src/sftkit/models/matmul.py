@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from sftkit.device import cpu_vendor
 from sftkit.errors import SftkitError
 
 _PLAIN = (torch.Tensor, nn.Parameter)
@@ -62,18 +63,7 @@ def _detected() -> bool:
                           "onednn or blas")
     if wanted != "auto":
         return wanted == "onednn"
-    return _cpu_vendor() == "AuthenticAMD"
-
-
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpu_vendor() == "AuthenticAMD"
 
 
 def onednn_enabled() -> bool:
